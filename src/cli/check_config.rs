@@ -1,0 +1,52 @@
+//! `edgehook check-config`: validate the file and print what it configures.
+
+use std::path::Path;
+
+use super::exit::{Code, Failure};
+use crate::config::{Durability, SinkKind, WhenFull};
+
+pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
+    let c = super::load(config_path)?;
+    println!("{}: OK", c.path.display());
+    println!(
+        "outbox   {} (durability {}, at most {} events / {} bytes, {} when full, max age {})",
+        c.storage.path.display(),
+        match c.storage.durability {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        },
+        c.storage.max_events,
+        c.storage.max_bytes,
+        match c.storage.when_full {
+            WhenFull::DropOldest => "drop-oldest",
+            WhenFull::RejectNew => "reject-new",
+        },
+        humantime::format_duration(c.storage.max_age)
+    );
+    println!(
+        "socket   {} (group {})",
+        c.ingest.socket.display(),
+        c.ingest.group
+    );
+    if c.sinks.is_empty() {
+        println!("sinks    none: events are acknowledged and not kept");
+    }
+    for s in &c.sinks {
+        let kind = match &s.kind {
+            SinkKind::Http { .. } => "http",
+            SinkKind::Mqtt(_) => "mqtt",
+        };
+        let events: Vec<String> = s.events.iter().map(|p| p.as_str().to_string()).collect();
+        println!(
+            "sink     {} {} {}: {} signing, events {}, max_in_flight {}{}",
+            s.name,
+            kind,
+            s.display_url(),
+            s.signer.scheme().name(),
+            events.join(","),
+            s.max_in_flight,
+            if s.enabled { "" } else { " (disabled)" }
+        );
+    }
+    Ok(Code::Ok)
+}

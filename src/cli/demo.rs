@@ -1,0 +1,175 @@
+//! `edgehook demo`: a temporary outbox, a verifying receiver on loopback and the daemon, all in
+//! this process; sample events are emitted through the socket and shown as they arrive.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::exit::{Code, Failure};
+use crate::client::{Client, Reply};
+use crate::config::Config;
+use crate::receiver::{Receiver, Verifier};
+use crate::sinks::signing::{Scheme, generate_secret};
+
+/// Arguments of `demo`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  edgehook demo --events 5\n  edgehook demo            # until Ctrl-C"
+)]
+pub struct Args {
+    /// Emit this many sample events, wait until each is received and verified, then exit
+    #[arg(long, value_name = "N")]
+    pub events: Option<u64>,
+    /// Time between sample events
+    #[arg(long, default_value = "1s", value_parser = crate::config::units::parse_duration)]
+    pub every: Duration,
+}
+
+const SAMPLES: [(&str, &str); 4] = [
+    (
+        "sensor.temperature",
+        r#"{"celsius":21.5,"probe":"cabinet"}"#,
+    ),
+    ("door.opened", r#"{"door":"rear","by":"badge-1142"}"#),
+    ("battery.low", r#"{"percent":14}"#),
+    ("app.heartbeat", r#"{"uptime_s":86400}"#),
+];
+
+pub(super) fn run(a: Args) -> Result<Code, Failure> {
+    crate::daemon::logging::init(log::LevelFilter::Warn);
+    let fail = |m: String| Failure::new(Code::Software, m);
+    let dir =
+        tempfile_dir().map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
+    let secret = generate_secret(Scheme::Standard);
+    let receiver = Receiver::bind(
+        "127.0.0.1:0",
+        Verifier {
+            scheme: Scheme::Standard,
+            secret: secret.clone(),
+            tolerance: Duration::from_secs(300),
+        },
+    )
+    .map_err(fail)?;
+    let url = format!("http://{}/webhook", receiver.addr());
+    let config_text = format!(
+        "[storage]\npath = \"outbox.db\"\n\n[ingest]\nsocket = \"ingest.sock\"\n\n[[sink]]\nname = \"demo\"\nurl = \"{url}\"\n[sink.signing]\nscheme = \"standard\"\nsecret_file = \"demo.secret\"\n[sink.retry]\ninitial = \"200ms\"\nmax = \"2s\"\n"
+    );
+    let config_path = dir.join("edgehook.toml");
+    std::fs::write(dir.join("demo.secret"), &secret).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&config_path, &config_text).map_err(|e| fail(e.to_string()))?;
+    let config = Config::load(&config_path)?;
+    println!("edgehook demo");
+    println!("  outbox    {}", config.storage.path.display());
+    println!("  socket    {}", config.ingest.socket.display());
+    println!("  receiver  {url} (Standard Webhooks, verifying every request)");
+    println!();
+
+    let (got_tx, got_rx) = mpsc::channel::<(String, String)>();
+    let receiver = std::sync::Arc::new(receiver);
+    let r = receiver.clone();
+    let recv_thread = std::thread::spawn(move || {
+        r.serve(
+            |req| {
+                let v: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let id = v["id"].as_str().unwrap_or("?").to_string();
+                let t = v["type"].as_str().unwrap_or("?").to_string();
+                got_tx.send((id, t)).is_ok()
+            },
+            |why| println!("  ✗ receiver refused a request: {why}"),
+        )
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon_config = config.clone();
+    let daemon = std::thread::spawn(move || {
+        crate::daemon::run_until(daemon_config, async {
+            let _ = stop_rx.await;
+        })
+    });
+    let socket = config.ingest.socket.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = loop {
+        match Client::connect(&socket) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline && !daemon.is_finished() => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let _ = ctrlc_flag(flag);
+    let total = a.events;
+    let (mut emitted, mut received) = (0u64, 0u64);
+    let mut sent_at = std::collections::HashMap::new();
+    while total.is_none_or(|n| received < n)
+        && !interrupted.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        if total.is_none_or(|n| emitted < n) {
+            let (t, data) = SAMPLES[(emitted as usize) % SAMPLES.len()];
+            let data: serde_json::Value = serde_json::from_str(data).expect("samples are JSON");
+            match client.call(&serde_json::json!({"type": t, "data": data}))? {
+                Reply::Ok(v) => {
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    println!("  → emitted   {t:<20} {id}  (stored durably, then acknowledged)");
+                    sent_at.insert(id, Instant::now());
+                }
+                Reply::Err { code, error } => println!("  ✗ emit refused: {code}: {error}"),
+            }
+            emitted += 1;
+        }
+        let wait_until = Instant::now() + a.every;
+        while let Ok((id, t)) =
+            got_rx.recv_timeout(wait_until.saturating_duration_since(Instant::now()))
+        {
+            received += 1;
+            let ms = sent_at.get(&id).map_or(0, |s| s.elapsed().as_millis());
+            println!("  ✓ received  {t:<20} {id}  signature verified, {ms} ms after emit");
+            if total.is_some_and(|n| received >= n) {
+                break;
+            }
+        }
+        if total.is_some_and(|n| emitted >= n)
+            && received < emitted
+            && Instant::now() > deadline + Duration::from_secs(60)
+        {
+            return Err(fail("events were not received within a minute".into()));
+        }
+    }
+    let _ = stop_tx.send(());
+    receiver.unblock();
+    let daemon_result = daemon
+        .join()
+        .map_err(|_| fail("the daemon thread panicked".into()))?;
+    let _ = recv_thread.join();
+    daemon_result?;
+    println!();
+    println!(
+        "{received} of {emitted} events delivered, each signed with Standard Webhooks and verified."
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Code::Ok)
+}
+
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("edgehook-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Ctrl-C ends the demo loop instead of killing the process, so the daemon stops cleanly.
+fn ctrlc_flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    let _ = FLAG.set(flag);
+    extern "C" fn on_int(_: i32) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { signal(Signal::SIGINT, SigHandler::Handler(on_int)) }.map_err(std::io::Error::from)?;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! `edgehook emit TYPE [DATA]`: hand one event to the running daemon.
+
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::exit::{Code, Failure};
+use crate::client::{Client, Reply};
+
+/// Arguments of `emit`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  edgehook emit sensor.temperature '{\"celsius\":21.5}'\n  echo '{\"door\":\"open\"}' | edgehook emit door.opened --id door-42"
+)]
+pub struct Args {
+    /// The event type: ^[a-z0-9][a-z0-9._-]{0,63}$
+    pub event_type: String,
+    /// The event's data as JSON; `-` or absent reads standard input
+    pub data: Option<String>,
+    /// Use this id instead of a generated one (an id already in the outbox is stored once)
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    op: &'static str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
+    let text = match a.data.as_deref() {
+        Some("-") | None => {
+            if a.data.is_none() && std::io::stdin().is_terminal() {
+                return Err(Failure::new(
+                    Code::Usage,
+                    "give the event's DATA as an argument, or pipe it on standard input",
+                ));
+            }
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|e| {
+                Failure::new(Code::DataErr, format!("cannot read standard input: {e}"))
+            })?;
+            s
+        }
+        Some(d) => d.to_string(),
+    };
+    let data: Box<RawValue> = serde_json::from_str(text.trim())
+        .map_err(|e| Failure::new(Code::DataErr, format!("DATA is not valid JSON: {e}")))?;
+    crate::event::check_app_type(&a.event_type)
+        .map_err(|e| Failure::new(Code::DataErr, e.to_string()))?;
+    let config = super::load(config_path)?;
+    let mut client = Client::connect(&config.ingest.socket)?;
+    let mut line = serde_json::to_vec(&Request {
+        op: "emit",
+        event_type: &a.event_type,
+        data: &data,
+        id: a.id.as_deref(),
+    })
+    .expect("a request serialises");
+    line.push(b'\n');
+    client.send_raw(&line)?;
+    match client.recv()? {
+        Reply::Ok(v) => {
+            println!("{}", v["id"].as_str().unwrap_or_default());
+            Ok(Code::Ok)
+        }
+        Reply::Err { code, error } => {
+            let exit = match code.as_str() {
+                "full" => Code::TempFail,
+                "invalid" | "too_large" | "decommissioned" => Code::DataErr,
+                _ => Code::Software,
+            };
+            Err(Failure::new(exit, format!("{code}: {error}")))
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The command line: argument definitions here, one file per command.
+
+mod check_config;
+mod demo;
+mod emit;
+pub mod exit;
+mod receive;
+mod run;
+mod status;
+pub mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_PATH};
+use exit::{Code, Failure};
+
+/// edgehook: durable, signed webhooks from embedded Linux devices.
+#[derive(Debug, Parser)]
+#[command(name = "edgehook", version, about, long_about = None)]
+pub struct Cli {
+    /// The config file [default: /etc/edgehook/edgehook.toml]
+    #[arg(long, global = true, env = "EDGEHOOK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground
+    #[command(after_help = "Example:\n  edgehook --config /etc/edgehook/edgehook.toml run")]
+    Run,
+    /// Validate the config file and print a summary
+    #[command(after_help = "Example:\n  edgehook --config ./edgehook.toml check-config")]
+    CheckConfig,
+    /// Emit one event through the running daemon; prints its id once durable
+    Emit(emit::Args),
+    /// Show each sink's queue, the outbox and the device (works with the daemon stopped)
+    Status(status::Args),
+    /// Run a verifying webhook receiver that prints each event as one JSON line
+    Receive(receive::Args),
+    /// See edgehook work end to end: outbox, daemon and a verifying receiver on loopback
+    Demo(demo::Args),
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    Code::Ok.into()
+                }
+                _ => Code::Usage.into(),
+            };
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code.into(),
+        Err(f) => {
+            exit::report(&f);
+            f.code.into()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<Code, Failure> {
+    let config_path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    match cli.command {
+        Command::Run => run::run(&config_path),
+        Command::CheckConfig => check_config::run(&config_path),
+        Command::Emit(a) => emit::run(&config_path, a),
+        Command::Status(a) => status::run(&config_path, a),
+        Command::Receive(a) => receive::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}
+
+/// Loads the config for a command, logging at its level.
+fn load(path: &std::path::Path) -> Result<Config, Failure> {
+    Ok(Config::load(path)?)
+}

@@ -1,0 +1,24 @@
+//! `edgehook run`: the daemon in the foreground.
+
+use std::path::Path;
+
+use super::exit::{Code, Failure};
+
+pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
+    crate::daemon::logging::init(log::LevelFilter::Info);
+    let config = match super::load(config_path) {
+        Ok(c) => c,
+        Err(f) => {
+            log::error!("{}", f.error);
+            return Err(f);
+        }
+    };
+    crate::daemon::logging::init(config.log_level.filter());
+    match crate::daemon::run(config) {
+        Ok(()) => Ok(Code::Ok),
+        Err(e) => {
+            log::error!("edgehook cannot run: {e}");
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Output for people: aligned tables and relative times.
+
+use std::fmt::Write as _;
+
+/// A table with a header row; columns are padded to their widest cell.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new(headers: &[&str]) -> Self {
+        Table {
+            rows: vec![headers.iter().map(|h| h.to_string()).collect()],
+        }
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table as text.
+    pub fn render(&self) -> String {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// "3 min ago", "2 h ago", "just now" for a Unix-ms time, relative to `now_ms`.
+pub fn ago(then_ms: i64, now_ms: i64) -> String {
+    let s = (now_ms - then_ms).max(0) / 1000;
+    match s {
+        0..=4 => "just now".into(),
+        5..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=86399 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86400),
+    }
+}
+
+/// A Unix-ms time as RFC 3339 (UTC).
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up_under_their_headers() {
+        let mut t = Table::new(&["SINK", "STATE"]);
+        t.row(vec!["cloud-primary".into(), "active".into()]);
+        t.row(vec!["b".into(), "gone".into()]);
+        assert_eq!(
+            t.render(),
+            "SINK           STATE\ncloud-primary  active\nb              gone\n"
+        );
+    }
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(ago(0, 1000), "just now");
+        assert_eq!(ago(0, 42_000), "42 s ago");
+        assert_eq!(ago(0, 180_000), "3 min ago");
+        assert_eq!(ago(0, 7_200_000), "2 h ago");
+        assert_eq!(ago(0, 3 * 86_400_000), "3 d ago");
+    }
+}

@@ -1,0 +1,297 @@
+//! The daemon: opens the outbox, starts the sinks, serves the socket, talks to systemd, and
+//! stops cleanly. The sinks and the outbox run on threads of their own; the async runtime (one
+//! thread) serves the socket, signals and timers.
+
+pub mod logging;
+pub mod systemd;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError};
+use crate::outbox::{Opened, Outbox, Route, StoreError, now_ms};
+use crate::sinks::{SinkError, SinkRunner};
+use crate::sources::ingest::{self, BindError, Ingest};
+use crate::wake::Wake;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config file is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The outbox is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A sink could not start.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// Something else failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The running pipeline.
+struct Pipeline {
+    outbox: Outbox,
+    opened: Opened,
+    max_age: Duration,
+    sinks: Mutex<Vec<SinkRunner>>,
+    shutdown_timeout: Mutex<Duration>,
+    config_path: PathBuf,
+}
+
+impl Pipeline {
+    /// Routes and starts every sink of `config`; on failure nothing of the new set runs.
+    fn start_sinks(&self, config: &Config) -> Result<Vec<SinkRunner>, DaemonError> {
+        let specs: Vec<_> = config.sinks.iter().map(|s| Arc::new(s.clone())).collect();
+        let wakes: Vec<_> = specs.iter().map(|_| Arc::new(Wake::new())).collect();
+        let routes = specs
+            .iter()
+            .zip(&wakes)
+            .map(|(spec, wake)| Route {
+                spec: spec.clone(),
+                wake: wake.clone(),
+            })
+            .collect();
+        let ids = self
+            .outbox
+            .set_routes_blocking(routes)
+            .map_err(DaemonError::Internal)?;
+        let mut runners = Vec::new();
+        for ((spec, wake), id) in specs.into_iter().zip(wakes).zip(ids) {
+            if !spec.enabled {
+                continue;
+            }
+            match SinkRunner::start(
+                spec,
+                id,
+                self.outbox.clone(),
+                wake,
+                &self.opened.device_id,
+                self.max_age,
+            ) {
+                Ok(r) => runners.push(r),
+                Err(e) => {
+                    stop_all(runners, Instant::now());
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(runners)
+    }
+
+    /// SIGHUP: read the file again; an invalid one keeps the running config.
+    fn reload(&self) {
+        let config = match Config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("Reload refused, the running config stays: {e}");
+                return;
+            }
+        };
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        let timeout = *self
+            .shutdown_timeout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        stop_all(std::mem::take(&mut *sinks), Instant::now() + timeout);
+        match self.start_sinks(&config) {
+            Ok(runners) => {
+                *sinks = runners;
+                *self
+                    .shutdown_timeout
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = config.shutdown_timeout;
+                log::info!(
+                    "Reloaded {}: {} sink(s) running",
+                    self.config_path.display(),
+                    sinks.len()
+                );
+            }
+            Err(e) => log::error!("Reload failed, no sink is running until the next reload: {e}"),
+        }
+    }
+}
+
+fn stop_all(runners: Vec<SinkRunner>, deadline: Instant) {
+    for r in &runners {
+        r.stop();
+    }
+    for r in runners {
+        let name = r.name().to_string();
+        if !r.join(deadline) {
+            log::warn!(sink = name.as_str(); "Sink {name} did not finish its attempt in time; it will be retried");
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    run_until(config, async {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let (outbox, opened, store_thread) =
+        Outbox::open(&config.storage, config.device.id.as_deref())?;
+    if let Some(aside) = &opened.moved_aside {
+        log::error!(
+            "The outbox {} could not be read; it was moved to {} and a fresh outbox started",
+            config.storage.path.display(),
+            aside.display()
+        );
+    }
+    let pipeline = Arc::new(Pipeline {
+        outbox: outbox.clone(),
+        opened,
+        max_age: config.storage.max_age,
+        sinks: Mutex::new(Vec::new()),
+        shutdown_timeout: Mutex::new(config.shutdown_timeout),
+        config_path: config.path.clone(),
+    });
+    let runners = pipeline.start_sinks(&config)?;
+    let sink_count = runners.len();
+    *pipeline.sinks.lock().unwrap_or_else(|p| p.into_inner()) = runners;
+    let listener = ingest::bind(&config.ingest.socket, &config.ingest.group)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Internal(format!("cannot start the runtime: {e}")))?;
+    log::info!(
+        "edgehook {} started: device {}, {} sink(s), socket {}",
+        env!("CARGO_PKG_VERSION"),
+        pipeline.opened.device_id,
+        sink_count,
+        config.ingest.socket.display()
+    );
+    let socket_path = config.ingest.socket.clone();
+    let result = runtime.block_on(serve(pipeline.clone(), listener, &config, shutdown));
+    systemd::stopping();
+    let timeout = *pipeline
+        .shutdown_timeout
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let deadline = Instant::now() + timeout;
+    stop_all(
+        std::mem::take(&mut *pipeline.sinks.lock().unwrap_or_else(|p| p.into_inner())),
+        deadline,
+    );
+    drop(runtime);
+    let _ = std::fs::remove_file(&socket_path);
+    drop(pipeline);
+    drop(outbox);
+    // Every acknowledged event is already committed; waiting for the outbox thread only lets it
+    // finish what is queued and checkpoint the WAL.
+    join_until(
+        store_thread,
+        deadline.max(Instant::now() + Duration::from_secs(1)),
+    );
+    log::info!("edgehook stopped");
+    result
+}
+
+fn join_until(t: JoinHandle<()>, deadline: Instant) {
+    while !t.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if t.is_finished() {
+        let _ = t.join();
+    }
+}
+
+async fn serve(
+    pipeline: Arc<Pipeline>,
+    listener: std::os::unix::net::UnixListener,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(|e| DaemonError::Internal(format!("cannot use the socket: {e}")))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ingest = Arc::new(Ingest {
+        outbox: pipeline.outbox.clone(),
+        max_line: config.ingest.max_event_bytes as usize,
+        max_connections: config.ingest.max_connections as usize,
+    });
+    let server = tokio::spawn(ingest::serve(listener, ingest, stop_rx));
+    let outbox = pipeline.outbox.clone();
+    outbox.expire(now_ms()).await;
+    let totals = outbox.totals().await.unwrap_or_default();
+    systemd::ready(&status_line(&totals));
+    let mut last_status = totals;
+
+    let expiry_every =
+        (config.storage.max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut expiry = tokio::time::interval(expiry_every);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watchdog_every = systemd::watchdog_interval().map(|d| d / 2);
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut status_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| DaemonError::Internal(format!("cannot watch SIGHUP: {e}")))?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hup.recv() => {
+                log::info!("SIGHUP: reloading {}", pipeline.config_path.display());
+                let p = pipeline.clone();
+                let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+            }
+            _ = expiry.tick() => outbox.expire(now_ms()).await,
+            _ = status_tick.tick() => {
+                if let Some(t) = outbox.totals().await {
+                    if t != last_status {
+                        systemd::status(&status_line(&t));
+                        last_status = t;
+                    }
+                }
+            }
+            _ = watchdog.tick(), if watchdog_every.is_some() => {
+                let limit = watchdog_every.unwrap_or_default();
+                if tokio::time::timeout(limit, outbox.totals()).await.is_ok_and(|t| t.is_some()) {
+                    systemd::watchdog();
+                } else {
+                    log::error!("The outbox did not answer within {} ms; withholding the watchdog ping", limit.as_millis());
+                }
+            }
+        }
+    }
+    log::info!("Stopping: no new events are taken");
+    let _ = stop_tx.send(true);
+    let timeout = *pipeline
+        .shutdown_timeout
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let _ = tokio::time::timeout(timeout, server).await;
+    Ok(())
+}
+
+fn status_line(t: &crate::outbox::Totals) -> String {
+    format!(
+        "{} pending, {} dead letters, {} dropped",
+        t.pending, t.dead, t.dropped
+    )
+}

@@ -1,0 +1,181 @@
+//! Events: the envelope `{"id","type","data","time"}`, serialised once when an event enters
+//! the outbox. The bytes built here are the bytes stored, signed and sent.
+
+use std::time::SystemTime;
+
+use serde_json::value::RawValue;
+
+/// Event types edgehook itself emits; local applications may not use them.
+pub const BUILT_IN_TYPES: [&str; 5] = [
+    "device-provisioned",
+    "device-status-changed",
+    "device-decommissioned",
+    "devices-inventory-changed",
+    "webhook-test",
+];
+
+/// An event ready to be stored: its id, type and the exact bytes of its envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event id (UUID v4 unless the producer gave one).
+    pub id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The serialised envelope.
+    pub body: Vec<u8>,
+    /// When it entered the outbox, in Unix milliseconds.
+    pub created_ms: i64,
+}
+
+/// Why an event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The type does not match `^[a-z0-9][a-z0-9._-]{0,63}$`.
+    #[error("event type `{0}` must match ^[a-z0-9][a-z0-9._-]{{0,63}}$")]
+    BadType(String),
+    /// A built-in type was used by an application.
+    #[error("event type `{0}` is reserved for edgehook's own events")]
+    Reserved(String),
+    /// The id is empty, too long or has control characters.
+    #[error("an event id is 1 to 128 printable characters")]
+    BadId,
+}
+
+/// Checks an application's event type.
+pub fn check_app_type(t: &str) -> Result<(), EventError> {
+    let mut chars = t.chars();
+    let first_ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if !first_ok || !rest_ok || t.len() > 64 {
+        return Err(EventError::BadType(t.chars().take(80).collect()));
+    }
+    if BUILT_IN_TYPES.contains(&t) {
+        return Err(EventError::Reserved(t.to_string()));
+    }
+    Ok(())
+}
+
+/// Checks a producer-supplied id.
+pub fn check_id(id: &str) -> Result<(), EventError> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        return Err(EventError::BadId);
+    }
+    Ok(())
+}
+
+/// Builds an event entering the outbox now. `data` is valid JSON; insignificant white space is
+/// removed so the event is one compact line, everything else is kept as given.
+pub fn build(id: Option<String>, event_type: &str, data: &RawValue, now: SystemTime) -> NewEvent {
+    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let time = humantime::format_rfc3339_nanos(now).to_string();
+    let data = compact(data.get());
+    let mut body = Vec::with_capacity(data.len() + id.len() + event_type.len() + 64);
+    body.extend_from_slice(b"{\"id\":");
+    serde_json::to_writer(&mut body, &id).expect("writing to a Vec cannot fail");
+    body.extend_from_slice(b",\"type\":");
+    serde_json::to_writer(&mut body, event_type).expect("writing to a Vec cannot fail");
+    body.extend_from_slice(b",\"data\":");
+    body.extend_from_slice(data.as_bytes());
+    body.extend_from_slice(b",\"time\":\"");
+    body.extend_from_slice(time.as_bytes());
+    body.extend_from_slice(b"\"}");
+    let created_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    NewEvent {
+        id,
+        event_type: event_type.to_string(),
+        body,
+        created_ms,
+    }
+}
+
+/// Builds an event from a serialisable `data` value (for edgehook's own events).
+pub fn build_value(
+    id: Option<String>,
+    event_type: &str,
+    data: &serde_json::Value,
+    now: SystemTime,
+) -> NewEvent {
+    let raw = serde_json::value::to_raw_value(data).expect("a Value always serialises");
+    build(id, event_type, &raw, now)
+}
+
+/// Removes white space outside strings from valid JSON text.
+///
+/// serde_json's `RawValue` keeps text as given, and a round trip through `Value` would
+/// reorder keys and round numbers; this keeps every token exactly.
+pub fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn the_envelope_has_id_type_data_time_in_that_order_and_is_compact() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::new(1663063427, 746805235);
+        let e = build(
+            Some("e57adf60-5d8c-4c66-802a-e0c5f643102a".into()),
+            "device-status-changed",
+            &raw(r#"{ "id": "769e5a83", "status" : "accepted" }"#),
+            now,
+        );
+        assert_eq!(
+            std::str::from_utf8(&e.body).unwrap(),
+            r#"{"id":"e57adf60-5d8c-4c66-802a-e0c5f643102a","type":"device-status-changed","data":{"id":"769e5a83","status":"accepted"},"time":"2022-09-13T10:03:47.746805235Z"}"#
+        );
+        assert_eq!(e.created_ms, 1663063427746);
+    }
+
+    #[test]
+    fn a_generated_id_is_a_uuid_v4() {
+        let e = build(None, "x", &raw("1"), SystemTime::now());
+        let id = uuid::Uuid::parse_str(&e.id).unwrap();
+        assert_eq!(id.get_version_num(), 4);
+    }
+
+    #[test]
+    fn compaction_keeps_strings_numbers_and_key_order_exactly() {
+        let given = "{ \"b\" : \"a  \\\" b\",\n \"a\": [1.10, 2e5 , -0] }";
+        assert_eq!(compact(given), "{\"b\":\"a  \\\" b\",\"a\":[1.10,2e5,-0]}");
+    }
+
+    #[test]
+    fn application_types_follow_the_pattern_and_keep_off_built_in_names() {
+        check_app_type("sensor.temperature_1-a").unwrap();
+        assert!(check_app_type("Sensor").is_err());
+        assert!(check_app_type("-x").is_err());
+        assert!(check_app_type(&"a".repeat(65)).is_err());
+        assert!(check_app_type("").is_err());
+        assert_eq!(
+            check_app_type("device-provisioned"),
+            Err(EventError::Reserved("device-provisioned".into()))
+        );
+    }
+}

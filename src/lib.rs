@@ -1,0 +1,28 @@
+//! edgehook keeps every event a device produces in a SQLite outbox and forwards each one as a
+//! signed webhook once the device is online. The flow is sources → outbox → sinks.
+//!
+//! - [`config`]: the TOML file, parsed with serde and checked in one step that reports every
+//!   problem as `file:line:col: message`. Calls nothing else but [`sinks::signing`] to decode
+//!   secrets.
+//! - [`event`]: the event envelope, serialised once when an event enters the outbox.
+//! - [`outbox`]: the SQLite file. One thread owns the connection; everyone else sends it
+//!   commands, and commands that arrive together share a transaction (group commit).
+//! - [`sources`]: what produces events; today the ingest socket local applications write to.
+//! - [`sinks`]: the destinations. Each sink runs on threads of its own (blocking HTTP never
+//!   runs on the async runtime); `signing` holds the signature schemes and their verification.
+//! - [`daemon`]: wiring, signals, reload, systemd notification and logging.
+//! - [`client`]: the blocking socket client used by commands that talk to the daemon.
+//! - [`receiver`]: the verifying webhook receiver behind `edgehook receive` and `edgehook demo`.
+//! - [`cli`]: the command line, one file per command, and the exit codes.
+//! - [`wake`]: the wake-up flag sink threads sleep on.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod outbox;
+pub mod receiver;
+pub mod sinks;
+pub mod sources;
+pub mod wake;

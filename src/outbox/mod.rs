@@ -1,0 +1,356 @@
+//! The outbox: a SQLite file in WAL mode that holds every event until each of its sinks has
+//! taken it. One thread owns the connection (`store`); everyone else sends it commands over a
+//! bounded channel. Commands that arrive together share one transaction, so concurrent
+//! producers share one fsync (group commit), and a producer is answered only after the commit.
+
+mod read;
+mod schema;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use read::{DeadLetter, OutboxReport, SinkReport, read_report};
+pub use schema::{SCHEMA_VERSION, open_ro};
+
+use crate::config::{SinkSpec, Storage};
+use crate::event::NewEvent;
+use crate::wake::Wake;
+
+/// A sink's row id in the outbox.
+pub type SinkId = i64;
+
+/// How many commands may wait for the store thread.
+const QUEUE: usize = 4096;
+
+/// Why the outbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed on the file.
+    #[error("outbox {path}: {source}")]
+    Sqlite {
+        /// The outbox file.
+        path: PathBuf,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// The file system failed.
+    #[error("outbox {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file was written by a newer edgehook.
+    #[error(
+        "outbox {path} has schema version {found}, newer than this edgehook understands ({SCHEMA_VERSION}); upgrade edgehook or move the file away"
+    )]
+    TooNew {
+        /// The outbox file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+    },
+    /// The file is a SQLite database of something else.
+    #[error("{0} is a SQLite database but not an edgehook outbox; refusing to touch it")]
+    Foreign(PathBuf),
+    /// The store thread is gone.
+    #[error("the outbox is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> Self {
+        StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        }
+    }
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Why an event was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// `when_full = "reject-new"` and a bound is reached (or the event alone exceeds `max_bytes`).
+    #[error("the outbox is full")]
+    Full,
+    /// The write failed; nothing was stored.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The event id.
+    pub id: String,
+    /// The id was already in the outbox; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// One event bound for one sink, as a sink fetches it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Outbox order.
+    pub seq: i64,
+    /// Event id.
+    pub id: String,
+    /// Event type.
+    pub event_type: String,
+    /// The stored bytes.
+    pub body: Arc<[u8]>,
+    /// When the event entered the outbox (Unix ms).
+    pub created_ms: i64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+/// The persisted state of a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkState {
+    /// Delivering, or waiting for work.
+    Active,
+    /// The last attempt failed; waiting to retry.
+    BackingOff,
+    /// The receiver answered 410; paused until reload or `resume`.
+    Gone,
+}
+
+impl SinkState {
+    /// The name `status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkState::Active => "active",
+            SinkState::BackingOff => "backing-off",
+            SinkState::Gone => "gone",
+        }
+    }
+}
+
+/// What a sink tells the outbox about a delivery.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// The receiver took it.
+    Delivered {
+        /// Sink.
+        sink: SinkId,
+        /// Delivery.
+        seq: i64,
+        /// When (Unix ms).
+        at_ms: i64,
+    },
+    /// An attempt failed; the delivery stays.
+    Failed {
+        /// Sink.
+        sink: SinkId,
+        /// Delivery.
+        seq: i64,
+        /// When (Unix ms).
+        at_ms: i64,
+        /// What went wrong.
+        error: String,
+        /// The sink's state now.
+        state: SinkState,
+    },
+    /// The delivery is given up on.
+    Dead {
+        /// Sink.
+        sink: SinkId,
+        /// Delivery.
+        seq: i64,
+        /// When (Unix ms).
+        at_ms: i64,
+        /// Why (`expired`, `rejected: 400 …`).
+        reason: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The sink's state changed without an attempt (for example resumed).
+    State {
+        /// Sink.
+        sink: SinkId,
+        /// New state.
+        state: SinkState,
+    },
+}
+
+/// A sink as the outbox routes to it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The sink's config.
+    pub spec: Arc<SinkSpec>,
+    /// Raised when deliveries for it are committed.
+    pub wake: Arc<Wake>,
+}
+
+/// Totals for systemd's `STATUS=` line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Events stored.
+    pub events: i64,
+    /// Deliveries pending over all sinks.
+    pub pending: i64,
+    /// Dead letters over all sinks.
+    pub dead: i64,
+    /// Events dropped to make room.
+    pub dropped: i64,
+}
+
+enum Command {
+    Append(NewEvent, oneshot::Sender<Result<Appended, AppendError>>),
+    Fetch {
+        sink: SinkId,
+        after: i64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<Delivery>, String>>,
+    },
+    Report(Report),
+    Routes(Vec<Route>, oneshot::Sender<Result<Vec<SinkId>, String>>),
+    Expire(i64, oneshot::Sender<()>),
+    Totals(oneshot::Sender<Totals>),
+}
+
+/// What opening the outbox found.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The device id: from the config, or the one kept in the outbox (generated on first use).
+    pub device_id: String,
+    /// Where an unreadable file was moved, when one was.
+    pub moved_aside: Option<PathBuf>,
+    /// The outbox was created now.
+    pub created: bool,
+}
+
+/// A handle to the outbox thread; cheap to clone. The thread ends when every handle is gone.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Outbox {
+    /// Opens the outbox described by `storage` and starts its thread.
+    pub fn open(
+        storage: &Storage,
+        configured_device_id: Option<&str>,
+    ) -> Result<(Outbox, Opened, JoinHandle<()>), StoreError> {
+        let (store, opened) = store::Store::open(storage, configured_device_id)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("outbox".into())
+            .spawn(move || store.run(rx))
+            .map_err(|e| StoreError::io(&storage.path, e))?;
+        Ok((Outbox { tx }, opened, thread))
+    }
+
+    /// Stores an event; resolves once it is committed (or refused).
+    pub async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append(event, reply))
+            .await
+            .map_err(|_| AppendError::Storage("the outbox is closed".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(AppendError::Storage("the outbox is closed".into())))
+    }
+
+    /// Queues an event for storing and returns where its answer will arrive, so one client can
+    /// have many events in flight (and in one commit) without waiting for each.
+    pub async fn submit(
+        &self,
+        event: NewEvent,
+    ) -> oneshot::Receiver<Result<Appended, AppendError>> {
+        let (reply, rx) = oneshot::channel();
+        // If the outbox is closed the reply sender is dropped and the receiver reports it.
+        let _ = self.tx.send(Command::Append(event, reply)).await;
+        rx
+    }
+
+    /// Stores an event from a plain thread.
+    pub fn append_blocking(&self, event: NewEvent) -> Result<Appended, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Append(event, reply))
+            .map_err(|_| AppendError::Storage("the outbox is closed".into()))?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err(AppendError::Storage("the outbox is closed".into())))
+    }
+
+    /// The next deliveries of `sink` after `after`, in outbox order (from a sink's thread).
+    pub fn fetch_blocking(
+        &self,
+        sink: SinkId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Fetch {
+                sink,
+                after,
+                limit,
+                reply,
+            })
+            .map_err(|_| "the outbox is closed".to_string())?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err("the outbox is closed".into()))
+    }
+
+    /// Tells the outbox how a delivery went (from a sink's thread).
+    pub fn report_blocking(&self, report: Report) {
+        // A closed outbox means the daemon is stopping; the delivery is then retried after the
+        // restart, which is the at-least-once contract.
+        let _ = self.tx.blocking_send(Command::Report(report));
+    }
+
+    /// Tells the outbox how a delivery went (from async code).
+    pub async fn report(&self, report: Report) {
+        let _ = self.tx.send(Command::Report(report)).await;
+    }
+
+    /// Sets the sinks new events are routed to; returns their ids, in the same order
+    /// (from a plain thread).
+    pub fn set_routes_blocking(&self, routes: Vec<Route>) -> Result<Vec<SinkId>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Routes(routes, reply))
+            .map_err(|_| "the outbox is closed".to_string())?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err("the outbox is closed".into()))
+    }
+
+    /// Turns deliveries of events older than `max_age` (as of `now_ms`) into dead letters and
+    /// ages out old dead letters.
+    pub async fn expire(&self, now_ms: i64) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Expire(now_ms, reply)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Counts for the service status line.
+    pub async fn totals(&self) -> Option<Totals> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Totals(reply)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! Opening the outbox file: pragmas, the versioned schema, and moving aside a file that
+//! SQLite cannot read.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::StoreError;
+use crate::config::Durability;
+
+/// The schema this edgehook writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    refs INTEGER NOT NULL
+);
+CREATE TABLE sinks (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    pending INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'active',
+    last_success_ms INTEGER,
+    last_error TEXT,
+    last_error_ms INTEGER
+);
+CREATE TABLE deliveries (
+    sink INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sink, seq)
+) WITHOUT ROWID;
+CREATE TABLE dead_letters (
+    sink INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    dead_ms INTEGER NOT NULL,
+    PRIMARY KEY (sink, seq)
+) WITHOUT ROWID;
+";
+
+/// Opens (or creates) the outbox for writing. A file SQLite cannot read is renamed to
+/// `<name>.corrupt-<unix time>` and a fresh outbox started; the returned path says so.
+pub fn open_rw(
+    path: &Path,
+    durability: Durability,
+) -> Result<(Connection, Option<PathBuf>), StoreError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(path, e))?;
+        }
+    }
+    match try_open(path, durability) {
+        Ok(conn) => Ok((conn, None)),
+        Err(StoreError::Sqlite { source, .. }) if unreadable(&source) => {
+            let aside = move_aside(path)?;
+            let conn = try_open(path, durability)?;
+            Ok((conn, Some(aside)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens an existing outbox read-only (for `status` and other commands that work while the
+/// daemon runs or not). `None` when there is no outbox yet.
+pub fn open_ro(path: &Path) -> Result<Option<Connection>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::sqlite(path, e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| StoreError::sqlite(path, e))?;
+    check_version(&conn, path)?;
+    Ok(Some(conn))
+}
+
+fn unreadable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{stamp}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside).map_err(|e| StoreError::io(path, e))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let mut side_aside = aside.as_os_str().to_owned();
+        side_aside.push(suffix);
+        let _ = std::fs::rename(side, side_aside);
+    }
+    Ok(aside)
+}
+
+fn try_open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let err = |e| StoreError::sqlite(path, e);
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sqlite {
+            path: path.to_owned(),
+            source: rusqlite::Error::InvalidQuery,
+        });
+    }
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+    ))
+    .map_err(err)?;
+    let version = check_version(&conn, path)?;
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(err)?;
+        if tables != 0 {
+            return Err(StoreError::Foreign(path.to_owned()));
+        }
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(err)?;
+    }
+    Ok(conn)
+}
+
+fn check_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite(path, e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    Ok(version)
+}

@@ -1,0 +1,670 @@
+//! The outbox thread: it owns the SQLite connection, runs every command that is waiting in one
+//! transaction, and answers only after the commit. Counters (`pending`, event count and bytes)
+//! are kept incrementally, so nothing ever counts rows by scanning a table.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AppendError, Appended, Command, Delivery, Opened, Report, Route, SinkId, SinkState, StoreError,
+    Totals, schema,
+};
+use crate::config::{Storage, WhenFull};
+
+/// Most commands run in one transaction.
+const BATCH: usize = 2048;
+
+#[derive(Debug, Default, Clone)]
+struct SinkRow {
+    pending: i64,
+    delivered: i64,
+    failed_attempts: i64,
+    dead: i64,
+    state: Option<SinkState>,
+    last_success_ms: Option<i64>,
+    last_error: Option<String>,
+    last_error_ms: Option<i64>,
+}
+
+pub(super) struct Store {
+    conn: Connection,
+    path: PathBuf,
+    limits: Storage,
+    events: i64,
+    bytes: i64,
+    dropped: i64,
+    counts_dirty: bool,
+    sinks: BTreeMap<SinkId, SinkRow>,
+    dirty: BTreeSet<SinkId>,
+    routes: Vec<(SinkId, Route)>,
+    to_wake: BTreeSet<SinkId>,
+}
+
+fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+impl Store {
+    pub(super) fn open(
+        limits: &Storage,
+        configured_device_id: Option<&str>,
+    ) -> Result<(Store, Opened), StoreError> {
+        let path = limits.path.clone();
+        let (conn, moved_aside) = schema::open_rw(&path, limits.durability)?;
+        let err = |e| StoreError::sqlite(&limits.path, e);
+        let created = meta_get(&conn, "created_ms").map_err(err)?.is_none();
+        let kept: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'device_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?;
+        let device_id = match (configured_device_id, kept) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(id)) => id,
+            (None, None) => {
+                let id = uuid::Uuid::new_v4().to_string();
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('device_id', ?1)",
+                    [&id],
+                )
+                .map_err(err)?;
+                id
+            }
+        };
+        if created {
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('created_ms', ?1)",
+                [super::now_ms()],
+            )
+            .map_err(err)?;
+        }
+        let events = meta_get(&conn, "event_count").map_err(err)?.unwrap_or(0);
+        let bytes = meta_get(&conn, "event_bytes").map_err(err)?.unwrap_or(0);
+        let dropped = meta_get(&conn, "dropped").map_err(err)?.unwrap_or(0);
+        let mut store = Store {
+            conn,
+            path,
+            limits: limits.clone(),
+            events,
+            bytes,
+            dropped,
+            counts_dirty: false,
+            sinks: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            routes: Vec::new(),
+            to_wake: BTreeSet::new(),
+        };
+        store.load_sinks().map_err(err)?;
+        Ok((
+            store,
+            Opened {
+                device_id,
+                moved_aside,
+                created,
+            },
+        ))
+    }
+
+    fn load_sinks(&mut self) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, pending, delivered, failed_attempts, dead, state, last_success_ms, last_error, last_error_ms FROM sinks",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                SinkRow {
+                    pending: r.get(1)?,
+                    delivered: r.get(2)?,
+                    failed_attempts: r.get(3)?,
+                    dead: r.get(4)?,
+                    state: Some(parse_state(&r.get::<_, String>(5)?)),
+                    last_success_ms: r.get(6)?,
+                    last_error: r.get(7)?,
+                    last_error_ms: r.get(8)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (id, row) = row?;
+            self.sinks.insert(id, row);
+        }
+        Ok(())
+    }
+
+    /// The thread's loop: take what is waiting, run it in one transaction, answer, repeat.
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(&mut batch);
+        }
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Command>) {
+        enum Answer {
+            Append(
+                oneshot::Sender<Result<Appended, AppendError>>,
+                Result<Appended, AppendError>,
+            ),
+            Fetch(
+                oneshot::Sender<Result<Vec<Delivery>, String>>,
+                Result<Vec<Delivery>, String>,
+            ),
+            Routes(
+                oneshot::Sender<Result<Vec<SinkId>, String>>,
+                Result<Vec<SinkId>, String>,
+            ),
+            Done(oneshot::Sender<()>),
+            Totals(oneshot::Sender<Totals>),
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let snapshot = (self.events, self.bytes, self.dropped, self.sinks.clone());
+        let mut failure: Option<String> = began.err().map(|e| e.to_string());
+        for cmd in batch.drain(..) {
+            if let Some(f) = &failure {
+                match cmd {
+                    Command::Append(_, reply) => {
+                        answers.push(Answer::Append(reply, Err(AppendError::Storage(f.clone()))))
+                    }
+                    Command::Fetch { reply, .. } => {
+                        answers.push(Answer::Fetch(reply, Err(f.clone())))
+                    }
+                    Command::Routes(_, reply) => {
+                        answers.push(Answer::Routes(reply, Err(f.clone())))
+                    }
+                    Command::Expire(_, reply) => answers.push(Answer::Done(reply)),
+                    Command::Totals(reply) => answers.push(Answer::Totals(reply)),
+                    Command::Report(_) => {}
+                }
+                continue;
+            }
+            let outcome = match cmd {
+                Command::Append(event, reply) => match self.append(event) {
+                    Ok(r) => {
+                        answers.push(Answer::Append(reply, r));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        answers.push(Answer::Append(
+                            reply,
+                            Err(AppendError::Storage(e.to_string())),
+                        ));
+                        Err(e)
+                    }
+                },
+                Command::Fetch {
+                    sink,
+                    after,
+                    limit,
+                    reply,
+                } => {
+                    let r = self.fetch(sink, after, limit).map_err(|e| e.to_string());
+                    answers.push(Answer::Fetch(reply, r));
+                    Ok(())
+                }
+                Command::Report(report) => self.report(report),
+                Command::Routes(routes, reply) => match self.set_routes(routes) {
+                    Ok(ids) => {
+                        answers.push(Answer::Routes(reply, Ok(ids)));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        answers.push(Answer::Routes(reply, Err(e.to_string())));
+                        Err(e)
+                    }
+                },
+                Command::Expire(now_ms, reply) => {
+                    answers.push(Answer::Done(reply));
+                    self.expire(now_ms)
+                }
+                Command::Totals(reply) => {
+                    answers.push(Answer::Totals(reply));
+                    Ok(())
+                }
+            };
+            if let Err(e) = outcome {
+                failure = Some(e.to_string());
+            }
+        }
+        if failure.is_none() {
+            if let Err(e) = self
+                .write_counters()
+                .and_then(|_| self.conn.execute_batch("COMMIT"))
+            {
+                failure = Some(e.to_string());
+            }
+        }
+        if let Some(f) = &failure {
+            log::error!(path:% = self.path.display(); "Outbox transaction failed; nothing in it was acknowledged: {f}");
+            let _ = self.conn.execute_batch("ROLLBACK");
+            (self.events, self.bytes, self.dropped, self.sinks) = snapshot;
+            self.dirty.clear();
+            self.to_wake.clear();
+        }
+        let totals = self.totals();
+        for a in answers {
+            match a {
+                Answer::Append(reply, r) => {
+                    let r = match (&failure, r) {
+                        (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
+                        (_, r) => r,
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Fetch(reply, r) => {
+                    let r = match &failure {
+                        Some(f) => Err(f.clone()),
+                        None => r,
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Routes(reply, r) => {
+                    let r = match &failure {
+                        Some(f) => Err(f.clone()),
+                        None => r,
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Done(reply) => {
+                    let _ = reply.send(());
+                }
+                Answer::Totals(reply) => {
+                    let _ = reply.send(totals);
+                }
+            }
+        }
+        for id in std::mem::take(&mut self.to_wake) {
+            if let Some((_, route)) = self.routes.iter().find(|(sid, _)| *sid == id) {
+                route.wake.raise();
+            }
+        }
+    }
+
+    fn totals(&self) -> Totals {
+        Totals {
+            events: self.events,
+            pending: self.sinks.values().map(|s| s.pending).sum(),
+            dead: self.sinks.values().map(|s| s.dead).sum(),
+            dropped: self.dropped,
+        }
+    }
+
+    fn append(
+        &mut self,
+        event: crate::event::NewEvent,
+    ) -> rusqlite::Result<Result<Appended, AppendError>> {
+        let targets: Vec<SinkId> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.spec.wants(&event.event_type))
+            .map(|(id, _)| *id)
+            .collect();
+        if targets.is_empty() {
+            // No sink wants it: acknowledged, nothing to keep.
+            return Ok(Ok(Appended {
+                id: event.id,
+                duplicate: false,
+            }));
+        }
+        let len = event.body.len() as i64;
+        if len > self.limits.max_bytes as i64 {
+            return Ok(Err(AppendError::Full));
+        }
+        while self.events + 1 > self.limits.max_events as i64
+            || self.bytes + len > self.limits.max_bytes as i64
+        {
+            if self.limits.when_full == WhenFull::RejectNew || !self.drop_oldest()? {
+                return Ok(Err(AppendError::Full));
+            }
+        }
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO events (id, type, body, created_ms, refs) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                event.id,
+                event.event_type,
+                event.body,
+                event.created_ms,
+                targets.len() as i64
+            ])?;
+        if inserted == 0 {
+            return Ok(Ok(Appended {
+                id: event.id,
+                duplicate: true,
+            }));
+        }
+        let seq = self.conn.last_insert_rowid();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("INSERT INTO deliveries (sink, seq) VALUES (?1, ?2)")?;
+            for sink in &targets {
+                stmt.execute(params![sink, seq])?;
+            }
+        }
+        for sink in targets {
+            self.sinks.entry(sink).or_default().pending += 1;
+            self.dirty.insert(sink);
+            self.to_wake.insert(sink);
+        }
+        self.events += 1;
+        self.bytes += len;
+        self.counts_dirty = true;
+        Ok(Ok(Appended {
+            id: event.id,
+            duplicate: false,
+        }))
+    }
+
+    /// Removes the oldest event with everything that refers to it. False when there is none.
+    fn drop_oldest(&mut self) -> rusqlite::Result<bool> {
+        let oldest: Option<(i64, String)> = self
+            .conn
+            .prepare_cached("SELECT seq, id FROM events ORDER BY seq LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((seq, id)) = oldest else {
+            return Ok(false);
+        };
+        let sink_ids: Vec<SinkId> = self.sinks.keys().copied().collect();
+        for sink in sink_ids {
+            let d = self
+                .conn
+                .prepare_cached("DELETE FROM deliveries WHERE sink = ?1 AND seq = ?2")?
+                .execute(params![sink, seq])?;
+            let dl = self
+                .conn
+                .prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?
+                .execute(params![sink, seq])?;
+            if d + dl > 0 {
+                let row = self.sinks.entry(sink).or_default();
+                row.pending -= d as i64;
+                row.dead -= dl as i64;
+                self.dirty.insert(sink);
+            }
+        }
+        self.delete_event(seq)?;
+        self.dropped += 1;
+        log::warn!(event_id = id.as_str(); "Outbox full: dropped the oldest undelivered event {id}");
+        Ok(true)
+    }
+
+    fn delete_event(&mut self, seq: i64) -> rusqlite::Result<()> {
+        let len: Option<i64> = self
+            .conn
+            .prepare_cached("DELETE FROM events WHERE seq = ?1 RETURNING length(body)")?
+            .query_row([seq], |r| r.get(0))
+            .optional()?;
+        if let Some(len) = len {
+            self.events -= 1;
+            self.bytes -= len;
+            self.counts_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to an event; deletes it when none is left.
+    fn unref(&mut self, seq: i64) -> rusqlite::Result<()> {
+        let left: Option<i64> = self
+            .conn
+            .prepare_cached("UPDATE events SET refs = refs - 1 WHERE seq = ?1 RETURNING refs")?
+            .query_row([seq], |r| r.get(0))
+            .optional()?;
+        if left.is_some_and(|n| n <= 0) {
+            self.delete_event(seq)?;
+        }
+        Ok(())
+    }
+
+    fn fetch(&mut self, sink: SinkId, after: i64, limit: usize) -> rusqlite::Result<Vec<Delivery>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.seq, d.attempts, e.id, e.type, e.body, e.created_ms
+             FROM deliveries d JOIN events e ON e.seq = d.seq
+             WHERE d.sink = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![sink, after, limit as i64], |r| {
+            Ok(Delivery {
+                seq: r.get(0)?,
+                attempts: r.get(1)?,
+                id: r.get(2)?,
+                event_type: r.get(3)?,
+                body: r.get::<_, Vec<u8>>(4)?.into(),
+                created_ms: r.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    fn report(&mut self, report: Report) -> rusqlite::Result<()> {
+        match report {
+            Report::Delivered { sink, seq, at_ms } => {
+                let d = self
+                    .conn
+                    .prepare_cached("DELETE FROM deliveries WHERE sink = ?1 AND seq = ?2")?
+                    .execute(params![sink, seq])?;
+                // Expired or dropped while in flight: it arrived after all.
+                let dl = if d == 0 {
+                    self.conn
+                        .prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?
+                        .execute(params![sink, seq])?
+                } else {
+                    0
+                };
+                let row = self.sinks.entry(sink).or_default();
+                row.pending -= d as i64;
+                row.dead -= dl as i64;
+                row.delivered += 1;
+                row.last_success_ms = Some(at_ms);
+                row.state = Some(SinkState::Active);
+                self.dirty.insert(sink);
+                if d + dl > 0 {
+                    self.unref(seq)?;
+                }
+            }
+            Report::Failed {
+                sink,
+                seq,
+                at_ms,
+                error,
+                state,
+            } => {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET attempts = attempts + 1 WHERE sink = ?1 AND seq = ?2",
+                    )?
+                    .execute(params![sink, seq])?;
+                let row = self.sinks.entry(sink).or_default();
+                row.failed_attempts += 1;
+                row.last_error = Some(error);
+                row.last_error_ms = Some(at_ms);
+                row.state = Some(state);
+                self.dirty.insert(sink);
+            }
+            Report::Dead {
+                sink,
+                seq,
+                at_ms,
+                reason,
+                attempts,
+            } => {
+                self.bury(sink, seq, at_ms, &reason, attempts)?;
+                let row = self.sinks.entry(sink).or_default();
+                row.last_error = Some(reason);
+                row.last_error_ms = Some(at_ms);
+                self.dirty.insert(sink);
+            }
+            Report::State { sink, state } => {
+                self.sinks.entry(sink).or_default().state = Some(state);
+                self.dirty.insert(sink);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a delivery to the dead letters, keeping at most `max_dead_letters` per sink.
+    fn bury(
+        &mut self,
+        sink: SinkId,
+        seq: i64,
+        at_ms: i64,
+        reason: &str,
+        attempts: u32,
+    ) -> rusqlite::Result<()> {
+        let d = self
+            .conn
+            .prepare_cached("DELETE FROM deliveries WHERE sink = ?1 AND seq = ?2")?
+            .execute(params![sink, seq])?;
+        if d == 0 {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO dead_letters (sink, seq, attempts, reason, dead_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![sink, seq, attempts, reason, at_ms])?;
+        let row = self.sinks.entry(sink).or_default();
+        row.pending -= 1;
+        row.dead += 1;
+        self.dirty.insert(sink);
+        let over = row.dead - self.limits.max_dead_letters as i64;
+        if over > 0 {
+            let oldest: Vec<i64> = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq FROM dead_letters WHERE sink = ?1 ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![sink, over], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for old in oldest {
+                self.forget_dead(sink, old)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn forget_dead(&mut self, sink: SinkId, seq: i64) -> rusqlite::Result<()> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?
+            .execute(params![sink, seq])?;
+        if n > 0 {
+            self.sinks.entry(sink).or_default().dead -= 1;
+            self.dirty.insert(sink);
+            self.unref(seq)?;
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, now_ms: i64) -> rusqlite::Result<()> {
+        let cutoff = now_ms - self.limits.max_age.as_millis() as i64;
+        // Events are stored in time order, so the expired ones are a prefix by seq.
+        let old: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT seq, created_ms FROM events ORDER BY seq LIMIT 10000")?
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
+            .map_while(|r| match r {
+                Ok((seq, created)) if created < cutoff => Some(Ok(seq)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        let sink_ids: Vec<SinkId> = self.sinks.keys().copied().collect();
+        for seq in old {
+            for &sink in &sink_ids {
+                let attempts: Option<u32> = self
+                    .conn
+                    .prepare_cached("SELECT attempts FROM deliveries WHERE sink = ?1 AND seq = ?2")?
+                    .query_row(params![sink, seq], |r| r.get(0))
+                    .optional()?;
+                if let Some(attempts) = attempts {
+                    self.bury(sink, seq, now_ms, "expired", attempts)?;
+                }
+            }
+        }
+        let stale: Vec<(SinkId, i64)> = self
+            .conn
+            .prepare_cached("SELECT sink, seq FROM dead_letters WHERE dead_ms < ?1")?
+            .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (sink, seq) in stale {
+            self.forget_dead(sink, seq)?;
+        }
+        Ok(())
+    }
+
+    fn set_routes(&mut self, routes: Vec<Route>) -> rusqlite::Result<Vec<SinkId>> {
+        let mut ids = Vec::with_capacity(routes.len());
+        for route in &routes {
+            self.conn.execute(
+                "INSERT INTO sinks (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                [&route.spec.name],
+            )?;
+            let id: SinkId = self.conn.query_row(
+                "SELECT id FROM sinks WHERE name = ?1",
+                [&route.spec.name],
+                |r| r.get(0),
+            )?;
+            self.sinks.entry(id).or_default();
+            ids.push(id);
+        }
+        self.routes = ids.iter().copied().zip(routes).collect();
+        Ok(ids)
+    }
+
+    fn write_counters(&mut self) -> rusqlite::Result<()> {
+        if self.counts_dirty {
+            let mut stmt = self
+                .conn
+                .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+            stmt.execute(params!["event_count", self.events])?;
+            stmt.execute(params!["event_bytes", self.bytes])?;
+            stmt.execute(params!["dropped", self.dropped])?;
+            self.counts_dirty = false;
+        }
+        for id in std::mem::take(&mut self.dirty) {
+            let row = &self.sinks[&id];
+            self.conn
+                .prepare_cached(
+                    "UPDATE sinks SET pending = ?2, delivered = ?3, failed_attempts = ?4, dead = ?5,
+                     state = coalesce(?6, state), last_success_ms = ?7, last_error = ?8, last_error_ms = ?9
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    row.pending,
+                    row.delivered,
+                    row.failed_attempts,
+                    row.dead,
+                    row.state.map(SinkState::as_str),
+                    row.last_success_ms,
+                    row.last_error,
+                    row.last_error_ms
+                ])?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_state(s: &str) -> SinkState {
+    match s {
+        "backing-off" => SinkState::BackingOff,
+        "gone" => SinkState::Gone,
+        _ => SinkState::Active,
+    }
+}

@@ -1,0 +1,257 @@
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::config::{Config, WhenFull};
+
+fn config(dir: &Path, extra_storage: &str, sinks: &[(&str, &str)]) -> Config {
+    let mut text = format!(
+        "[storage]\npath = \"{}/outbox.db\"\n{extra_storage}\n",
+        dir.display()
+    );
+    for (name, events) in sinks {
+        text.push_str(&format!(
+            "[[sink]]\nname = \"{name}\"\nurl = \"http://127.0.0.1:9/\"\nevents = [{events}]\n[sink.signing]\nscheme = \"none\"\n"
+        ));
+    }
+    Config::parse(&dir.join("edgehook.toml"), &text).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+fn open(cfg: &Config) -> (Outbox, Vec<SinkId>, std::thread::JoinHandle<()>) {
+    let (outbox, _, thread) = Outbox::open(&cfg.storage, None).unwrap();
+    let routes = cfg
+        .sinks
+        .iter()
+        .map(|s| Route {
+            spec: Arc::new(s.clone()),
+            wake: Arc::new(Wake::new()),
+        })
+        .collect();
+    let ids = outbox.set_routes_blocking(routes).unwrap();
+    (outbox, ids, thread)
+}
+
+fn event(n: usize, t: &str) -> NewEvent {
+    let data = serde_json::json!({ "n": n });
+    crate::event::build_value(None, t, &data, SystemTime::now())
+}
+
+fn close(outbox: Outbox, thread: std::thread::JoinHandle<()>) {
+    drop(outbox);
+    thread.join().unwrap();
+}
+
+fn report(dir: &Path) -> OutboxReport {
+    let conn = open_ro(&dir.join("outbox.db")).unwrap().unwrap();
+    read_report(&conn).unwrap()
+}
+
+#[test]
+fn deliveries_come_back_in_outbox_order_and_vanish_once_every_sink_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\""), ("b", "\"sensor.*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    for n in 0..10 {
+        outbox
+            .append_blocking(event(n, if n % 2 == 0 { "sensor.t" } else { "other" }))
+            .unwrap();
+    }
+    let a = outbox.fetch_blocking(ids[0], 0, 100).unwrap();
+    let b = outbox.fetch_blocking(ids[1], 0, 100).unwrap();
+    assert_eq!(a.len(), 10);
+    assert_eq!(b.len(), 5);
+    assert!(a.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(b.iter().all(|d| d.event_type == "sensor.t"));
+    let later = outbox.fetch_blocking(ids[0], a[4].seq, 100).unwrap();
+    assert_eq!(later.len(), 5);
+    for d in a.iter().chain(b.iter()) {
+        let sink = if b.iter().any(|x| std::ptr::eq(x, d)) {
+            ids[1]
+        } else {
+            ids[0]
+        };
+        outbox.report_blocking(Report::Delivered {
+            sink,
+            seq: d.seq,
+            at_ms: 1,
+        });
+    }
+    close(outbox, thread);
+    let r = report(dir.path());
+    assert_eq!((r.events, r.event_bytes), (0, 0));
+    assert!(r.sinks.iter().all(|s| s.pending == 0));
+    assert_eq!(r.sinks.iter().map(|s| s.delivered).sum::<i64>(), 15);
+}
+
+#[test]
+fn an_event_no_sink_wants_is_acknowledged_and_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"sensor.*\"")]);
+    let (outbox, _, thread) = open(&cfg);
+    outbox.append_blocking(event(1, "other")).unwrap();
+    close(outbox, thread);
+    assert_eq!(report(dir.path()).events, 0);
+}
+
+#[test]
+fn a_duplicate_id_is_acknowledged_and_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let mut e = event(1, "x");
+    e.id = "fixed".into();
+    assert!(!outbox.append_blocking(e.clone()).unwrap().duplicate);
+    assert!(outbox.append_blocking(e).unwrap().duplicate);
+    assert_eq!(outbox.fetch_blocking(ids[0], 0, 10).unwrap().len(), 1);
+    close(outbox, thread);
+}
+
+#[test]
+fn drop_oldest_keeps_the_newest_max_events_and_counts_the_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "max_events = 5", &[("a", "\"*\"")]);
+    assert_eq!(cfg.storage.when_full, WhenFull::DropOldest);
+    let (outbox, ids, thread) = open(&cfg);
+    for n in 0..8 {
+        outbox.append_blocking(event(n, "x")).unwrap();
+    }
+    let left = outbox.fetch_blocking(ids[0], 0, 100).unwrap();
+    let ns: Vec<u64> = left
+        .iter()
+        .map(|d| {
+            serde_json::from_slice::<serde_json::Value>(&d.body).unwrap()["data"]["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ns, vec![3, 4, 5, 6, 7]);
+    close(outbox, thread);
+    let r = report(dir.path());
+    assert_eq!((r.events, r.dropped, r.sinks[0].pending), (5, 3, 5));
+}
+
+#[test]
+fn reject_new_refuses_with_full_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "max_events = 3\nwhen_full = \"reject-new\"",
+        &[("a", "\"*\"")],
+    );
+    let (outbox, ids, thread) = open(&cfg);
+    for n in 0..3 {
+        outbox.append_blocking(event(n, "x")).unwrap();
+    }
+    assert_eq!(
+        outbox.append_blocking(event(3, "x")),
+        Err(AppendError::Full)
+    );
+    let first = outbox.fetch_blocking(ids[0], 0, 1).unwrap();
+    outbox.report_blocking(Report::Delivered {
+        sink: ids[0],
+        seq: first[0].seq,
+        at_ms: 1,
+    });
+    outbox.append_blocking(event(4, "x")).unwrap();
+    close(outbox, thread);
+    assert_eq!(report(dir.path()).events, 3);
+}
+
+#[test]
+fn expiry_turns_old_deliveries_into_dead_letters_and_later_ages_them_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "max_age = \"1h\"", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let mut old = event(1, "x");
+    old.created_ms = now_ms() - 2 * 3600 * 1000;
+    outbox.append_blocking(old).unwrap();
+    outbox.append_blocking(event(2, "x")).unwrap();
+    let rt = rt();
+    rt.block_on(outbox.expire(now_ms()));
+    assert_eq!(outbox.fetch_blocking(ids[0], 0, 10).unwrap().len(), 1);
+    let conn = open_ro(&dir.path().join("outbox.db")).unwrap().unwrap();
+    let reason: String = conn
+        .query_row("SELECT reason FROM dead_letters", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(reason, "expired");
+    let r = read_report(&conn).unwrap();
+    assert_eq!(
+        (r.sinks[0].pending, r.sinks[0].dead_letters, r.events),
+        (1, 1, 2)
+    );
+    // Two hours on: the first dead letter ages out with its event, the newer event expires.
+    rt.block_on(outbox.expire(now_ms() + 2 * 3600 * 1000));
+    close(outbox, thread);
+    let r = report(dir.path());
+    assert_eq!(
+        (r.sinks[0].pending, r.sinks[0].dead_letters, r.events),
+        (0, 1, 1)
+    );
+}
+
+#[test]
+fn dead_letters_are_bounded_per_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "max_dead_letters = 2", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    for n in 0..4 {
+        outbox.append_blocking(event(n, "x")).unwrap();
+    }
+    for d in outbox.fetch_blocking(ids[0], 0, 10).unwrap() {
+        outbox.report_blocking(Report::Dead {
+            sink: ids[0],
+            seq: d.seq,
+            at_ms: now_ms(),
+            reason: "rejected: 400".into(),
+            attempts: 8,
+        });
+    }
+    close(outbox, thread);
+    let r = report(dir.path());
+    assert_eq!((r.sinks[0].dead_letters, r.events), (2, 2));
+}
+
+#[test]
+fn the_device_id_and_counters_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, opened, thread) = Outbox::open(&cfg.storage, None).unwrap();
+    assert!(opened.created);
+    close(outbox, thread);
+    let (outbox, again, thread) = Outbox::open(&cfg.storage, None).unwrap();
+    assert!(!again.created);
+    assert_eq!(opened.device_id, again.device_id);
+    close(outbox, thread);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_outbox_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[]);
+    std::fs::write(&cfg.storage.path, vec![0xA5u8; 8192]).unwrap();
+    let (outbox, opened, thread) = Outbox::open(&cfg.storage, None).unwrap();
+    let aside = opened.moved_aside.expect("moved aside");
+    assert_eq!(std::fs::read(aside).unwrap(), vec![0xA5u8; 8192]);
+    close(outbox, thread);
+}
+
+#[test]
+fn a_database_from_a_newer_edgehook_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[]);
+    let conn = rusqlite::Connection::open(&cfg.storage.path).unwrap();
+    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(conn);
+    match Outbox::open(&cfg.storage, None) {
+        Err(StoreError::TooNew { found: 99, .. }) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+    let _ = Duration::ZERO;
+}

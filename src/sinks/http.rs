@@ -1,0 +1,237 @@
+//! The HTTP transport: one signed `POST` per attempt over a kept-alive ureq agent, and the
+//! classification of what came back (section 3 of the spec).
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig};
+
+use super::{Attempt, Outcome, SinkError, backoff};
+use crate::config::SinkSpec;
+
+/// How much of a response body is read (and thrown away) so the connection can be reused.
+const BODY_LIMIT: u64 = 64 * 1024;
+
+/// An HTTP(S) endpoint.
+pub struct HttpSink {
+    agent: ureq::Agent,
+    spec: Arc<SinkSpec>,
+    device_id: String,
+}
+
+impl HttpSink {
+    /// An agent for `spec`, with its TLS settings loaded.
+    pub fn new(spec: Arc<SinkSpec>, device_id: &str) -> Result<Self, SinkError> {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(spec.timeout))
+            .user_agent(format!("edgehook/{}", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls_config(&spec)?)
+            .build();
+        if spec.url.starts_with("http://") && !is_loopback_url(&spec.url) {
+            log::warn!(sink = spec.name.as_str(); "Sink {} sends over plain http:// to {}", spec.name, spec.display_url());
+        }
+        Ok(HttpSink {
+            agent: config.into(),
+            spec,
+            device_id: device_id.to_string(),
+        })
+    }
+
+    /// The headers an attempt at Unix second `timestamp` sends, in order (signature values
+    /// included, never the secret).
+    pub fn headers(&self, id: &str, timestamp: u64, body: &[u8]) -> Vec<(String, String)> {
+        let mut h: Vec<(String, String)> = vec![
+            ("content-type".into(), "application/json".into()),
+            (
+                "user-agent".into(),
+                format!("edgehook/{}", env!("CARGO_PKG_VERSION")),
+            ),
+            ("edgehook-device-id".into(), self.device_id.clone()),
+        ];
+        h.extend(
+            self.spec
+                .signer
+                .headers(id, timestamp, body)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+        if let crate::config::SinkKind::Http { headers } = &self.spec.kind {
+            h.extend(headers.iter().cloned());
+        }
+        h
+    }
+
+    /// One attempt: signs `body` for now and posts it.
+    pub fn attempt(&self, id: &str, body: &[u8]) -> Attempt {
+        let now = SystemTime::now();
+        let ts = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut req = self.agent.post(&self.spec.url);
+        for (k, v) in self.headers(id, ts, body) {
+            req = req.header(k, v);
+        }
+        let started = Instant::now();
+        let result = req.send(body);
+        let latency = started.elapsed();
+        match result {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let retry = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| backoff::retry_after(v, now));
+                let reason = resp.status().canonical_reason().unwrap_or("");
+                // Read a bounded part of the body so a small answer keeps the connection
+                // reusable; a larger one is dropped with its connection.
+                let mut sink = Vec::new();
+                let _ = resp
+                    .body_mut()
+                    .as_reader()
+                    .take(BODY_LIMIT)
+                    .read_to_end(&mut sink);
+                let error = format!("HTTP {status} {reason}").trim_end().to_string();
+                Attempt {
+                    outcome: classify(status, error, retry),
+                    status: Some(status),
+                    latency,
+                }
+            }
+            Err(e) => Attempt {
+                outcome: Outcome::Transient {
+                    error: describe(&e),
+                    retry_after: None,
+                },
+                status: None,
+                latency,
+            },
+        }
+    }
+}
+
+/// What a status code means for the delivery.
+pub fn classify(status: u16, error: String, retry_after: Option<Duration>) -> Outcome {
+    match status {
+        200..=299 => Outcome::Delivered,
+        410 => Outcome::Gone,
+        408 | 425 | 429 | 500..=599 | 100..=199 => Outcome::Transient { error, retry_after },
+        _ => Outcome::Permanent { error },
+    }
+}
+
+fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::Io(io) => format!("connection failed: {io}"),
+        ureq::Error::HostNotFound => "host not found".into(),
+        ureq::Error::ConnectionFailed => "connection failed".into(),
+        other => other.to_string(),
+    }
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let host = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string))
+        .unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn read_pem(path: &std::path::Path) -> Result<Vec<PemItem<'static>>, SinkError> {
+    let bytes = std::fs::read(path).map_err(|e| SinkError::Tls {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    ureq::tls::parse_pem(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SinkError::Tls {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+fn tls_config(spec: &SinkSpec) -> Result<TlsConfig, SinkError> {
+    let mut tls = TlsConfig::builder();
+    tls = match &spec.ca_file {
+        Some(path) => {
+            let certs: Vec<_> = read_pem(path)?
+                .into_iter()
+                .filter_map(|i| match i {
+                    PemItem::Certificate(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(SinkError::Tls {
+                    path: path.clone(),
+                    message: "no certificate in the file".into(),
+                });
+            }
+            tls.root_certs(RootCerts::new_with_certs(&certs))
+        }
+        None => tls.root_certs(RootCerts::PlatformVerifier),
+    };
+    if let (Some(cert), Some(key)) = (&spec.client_cert, &spec.client_key) {
+        let chain: Vec<_> = read_pem(cert)?
+            .into_iter()
+            .filter_map(|i| match i {
+                PemItem::Certificate(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let key = read_pem(key)?
+            .into_iter()
+            .find_map(|i| match i {
+                PemItem::PrivateKey(k) => Some(k),
+                _ => None,
+            })
+            .ok_or_else(|| SinkError::Tls {
+                path: key.clone(),
+                message: "no private key in the file".into(),
+            })?;
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(tls.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_fall_into_the_specs_classes() {
+        let class = |s| match classify(s, String::new(), None) {
+            Outcome::Delivered => "ok",
+            Outcome::Transient { .. } => "transient",
+            Outcome::Permanent { .. } => "permanent",
+            Outcome::Gone => "gone",
+        };
+        for s in [200, 201, 204, 299] {
+            assert_eq!(class(s), "ok", "{s}");
+        }
+        for s in [408, 425, 429, 500, 502, 503, 599] {
+            assert_eq!(class(s), "transient", "{s}");
+        }
+        for s in [301, 302, 307, 400, 401, 403, 404, 413, 422] {
+            assert_eq!(class(s), "permanent", "{s}");
+        }
+        assert_eq!(class(410), "gone");
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        assert!(is_loopback_url("http://127.0.0.1:8080/x"));
+        assert!(is_loopback_url("http://[::1]:8080/x"));
+        assert!(is_loopback_url("http://localhost/x"));
+        assert!(!is_loopback_url("http://example.com/x"));
+    }
+}

@@ -1,0 +1,351 @@
+//! Sinks: each configured destination runs on threads of its own (blocking I/O never touches
+//! the async runtime). A feeder thread reads the sink's queue from the outbox in order and hands
+//! deliveries to `max_in_flight` workers; each worker sees one delivery through to delivered,
+//! dead letter, or shutdown. With one worker the sink delivers strictly in outbox order.
+
+pub mod backoff;
+pub mod http;
+pub mod signing;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{SinkKind, SinkSpec};
+use crate::outbox::{Delivery, Outbox, Report, SinkId, SinkState, now_ms};
+use crate::wake::Wake;
+
+/// How many deliveries the feeder reads at once.
+const FETCH: usize = 256;
+/// How long an idle feeder sleeps before looking again on its own.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// Why a sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A TLS file could not be used.
+    #[error("TLS file {path}: {message}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The transport is not available in this build.
+    #[error("sink `{0}`: {1}")]
+    Unsupported(String, String),
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver took it.
+    Delivered,
+    /// Try again later (connection errors, timeouts, 408, 425, 429, 5xx).
+    Transient {
+        /// What went wrong.
+        error: String,
+        /// The receiver's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// The receiver refused it (3xx, other 4xx).
+    Permanent {
+        /// What went wrong.
+        error: String,
+    },
+    /// 410: the endpoint is gone; the sink pauses.
+    Gone,
+}
+
+/// One attempt with its measurements.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The result.
+    pub outcome: Outcome,
+    /// HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// Time taken.
+    pub latency: Duration,
+}
+
+/// The transports.
+pub enum Transport {
+    /// HTTP(S).
+    Http(http::HttpSink),
+}
+
+impl Transport {
+    /// The transport for `spec`.
+    pub fn new(spec: Arc<SinkSpec>, device_id: &str) -> Result<Self, SinkError> {
+        match &spec.kind {
+            SinkKind::Http { .. } => Ok(Transport::Http(http::HttpSink::new(spec, device_id)?)),
+            SinkKind::Mqtt(_) => Err(SinkError::Unsupported(
+                spec.name.clone(),
+                "MQTT sinks are not available in this version".into(),
+            )),
+        }
+    }
+
+    fn attempt(&self, d: &Delivery) -> Attempt {
+        match self {
+            Transport::Http(h) => h.attempt(&d.id, &d.body),
+        }
+    }
+}
+
+struct Shared {
+    spec: Arc<SinkSpec>,
+    id: SinkId,
+    outbox: Outbox,
+    transport: Transport,
+    max_age_ms: i64,
+    /// Raised by the outbox when deliveries are committed.
+    work: Arc<Wake>,
+    /// Raised on stop and on resume.
+    control: Wake,
+    stopping: AtomicBool,
+    gone: AtomicBool,
+}
+
+/// A running sink.
+pub struct SinkRunner {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SinkRunner {
+    /// Starts the feeder and workers of one sink.
+    pub fn start(
+        spec: Arc<SinkSpec>,
+        id: SinkId,
+        outbox: Outbox,
+        work: Arc<Wake>,
+        device_id: &str,
+        max_age: Duration,
+    ) -> Result<Self, SinkError> {
+        let transport = Transport::new(spec.clone(), device_id)?;
+        let workers = spec.max_in_flight.max(1);
+        let shared = Arc::new(Shared {
+            spec,
+            id,
+            outbox,
+            transport,
+            max_age_ms: max_age.as_millis() as i64,
+            work,
+            control: Wake::new(),
+            stopping: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+        });
+        shared.outbox.report_blocking(Report::State {
+            sink: id,
+            state: SinkState::Active,
+        });
+        let (tx, rx) = sync_channel::<Delivery>(workers);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(workers + 1);
+        let s = shared.clone();
+        threads.push(spawn(&shared.spec.name, "feed", move || feed(&s, tx)));
+        for _ in 0..workers {
+            let (s, rx) = (shared.clone(), rx.clone());
+            threads.push(spawn(&shared.spec.name, "send", move || send_loop(&s, &rx)));
+        }
+        Ok(SinkRunner { shared, threads })
+    }
+
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        &self.shared.spec.name
+    }
+
+    /// Asks every thread to stop after its current attempt.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.control.raise();
+        self.shared.work.raise();
+    }
+
+    /// Un-pauses a sink paused by 410.
+    pub fn resume(&self) {
+        self.shared.gone.store(false, Ordering::SeqCst);
+        self.shared.control.raise();
+    }
+
+    /// Waits until `deadline` for the threads to finish; returns false if some did not (their
+    /// attempts are then abandoned and retried after the restart).
+    pub fn join(self, deadline: Instant) -> bool {
+        let mut all = true;
+        for t in self.threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                all = false;
+            }
+        }
+        all
+    }
+}
+
+fn spawn(sink: &str, role: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    let mut name = format!("{role}:{sink}");
+    name.truncate(15);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .expect("the system cannot start a thread")
+}
+
+fn feed(s: &Shared, tx: SyncSender<Delivery>) {
+    let mut cursor = 0i64;
+    while !s.stopping.load(Ordering::SeqCst) {
+        let seen = s.work.generation();
+        match s.outbox.fetch_blocking(s.id, cursor, FETCH) {
+            Ok(batch) if batch.is_empty() => {
+                s.work.wait(seen, IDLE);
+            }
+            Ok(batch) => {
+                for d in batch {
+                    cursor = d.seq;
+                    if tx.send(d).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!(sink = s.spec.name.as_str(); "Sink {} cannot read its queue: {e}", s.spec.name);
+                s.control
+                    .wait(s.control.generation(), Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn send_loop(s: &Shared, rx: &Mutex<Receiver<Delivery>>) {
+    loop {
+        if s.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(d) = next else { return };
+        deliver(s, d);
+    }
+}
+
+/// Sees one delivery through to delivered, dead letter or shutdown.
+fn deliver(s: &Shared, d: Delivery) {
+    let spec = &s.spec;
+    let mut attempts = d.attempts;
+    let mut failures_in_row = 0u32;
+    let mut rng = rand::rng();
+    loop {
+        // Read before the checks, so a stop or resume raised after them is not slept through.
+        let seen = s.control.generation();
+        if s.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if s.gone.load(Ordering::SeqCst) {
+            s.control.wait(seen, IDLE);
+            continue;
+        }
+        if s.max_age_ms > 0 && now_ms() - d.created_ms > s.max_age_ms {
+            s.outbox.report_blocking(Report::Dead {
+                sink: s.id,
+                seq: d.seq,
+                at_ms: now_ms(),
+                reason: "expired".into(),
+                attempts,
+            });
+            return;
+        }
+        let a = s.transport.attempt(&d);
+        attempts += 1;
+        let status = a.status.map_or(0, u64::from);
+        let latency_ms = a.latency.as_millis() as u64;
+        let wait = match a.outcome {
+            Outcome::Delivered => {
+                log::debug!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, latency_ms = latency_ms;
+                    "Delivered event {} to sink {}", d.id, spec.name);
+                s.outbox.report_blocking(Report::Delivered {
+                    sink: s.id,
+                    seq: d.seq,
+                    at_ms: now_ms(),
+                });
+                return;
+            }
+            Outcome::Gone => {
+                log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
+                    "Sink {} answered 410 Gone: pausing it until the config is reloaded or `edgehook resume {}`", spec.name, spec.name);
+                s.gone.store(true, Ordering::SeqCst);
+                s.outbox.report_blocking(Report::Failed {
+                    sink: s.id,
+                    seq: d.seq,
+                    at_ms: now_ms(),
+                    error: "HTTP 410 Gone".into(),
+                    state: SinkState::Gone,
+                });
+                continue;
+            }
+            Outcome::Permanent { error } if attempts >= spec.max_attempts => {
+                let reason = format!("rejected: {error}");
+                log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
+                    "Sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
+                s.outbox.report_blocking(Report::Dead {
+                    sink: s.id,
+                    seq: d.seq,
+                    at_ms: now_ms(),
+                    reason,
+                    attempts,
+                });
+                return;
+            }
+            Outcome::Permanent { error } => {
+                failures_in_row += 1;
+                let wait = backoff::full_jitter(
+                    spec.retry_initial,
+                    spec.retry_max,
+                    failures_in_row,
+                    &mut rng,
+                );
+                log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
+                    "Sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
+                s.outbox.report_blocking(Report::Failed {
+                    sink: s.id,
+                    seq: d.seq,
+                    at_ms: now_ms(),
+                    error,
+                    state: SinkState::BackingOff,
+                });
+                wait
+            }
+            Outcome::Transient { error, retry_after } => {
+                failures_in_row += 1;
+                let jitter = backoff::full_jitter(
+                    spec.retry_initial,
+                    spec.retry_max,
+                    failures_in_row,
+                    &mut rng,
+                );
+                let wait = match retry_after {
+                    Some(r) => jitter.max(r.min(spec.retry_max)),
+                    None => jitter,
+                };
+                log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
+                    "Sink {} failed on event {} ({error}); retrying in {} ms", spec.name, d.id, wait.as_millis());
+                s.outbox.report_blocking(Report::Failed {
+                    sink: s.id,
+                    seq: d.seq,
+                    at_ms: now_ms(),
+                    error,
+                    state: SinkState::BackingOff,
+                });
+                wait
+            }
+        };
+        s.control.wait(seen, wait);
+    }
+}

@@ -1,0 +1,257 @@
+//! The ingest and control socket: newline-delimited JSON, one reply per request, in order.
+//! Each connection reads requests as fast as the client sends them and queues their answers,
+//! so a client that pipelines many events gets them committed together; a bounded queue keeps
+//! a client that never reads its replies from growing memory.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+
+use crate::event;
+use crate::outbox::{AppendError, Appended, Outbox};
+
+/// Replies queued per connection before the connection stops reading.
+const PIPELINE: usize = 256;
+
+/// What the socket needs to serve requests.
+pub struct Ingest {
+    /// Where events go.
+    pub outbox: Outbox,
+    /// The longest line accepted.
+    pub max_line: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another daemon answers on the socket.
+    #[error("another edgehook is already listening on {0}")]
+    InUse(std::path::PathBuf),
+    /// The socket could not be created.
+    #[error("cannot listen on {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Creates the socket: a stale file is replaced, mode 0660, group `group` where it exists.
+pub fn bind(path: &Path, group: &str) -> Result<std::os::unix::net::UnixListener, BindError> {
+    let io = |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => {
+            if let Err(e) = std::os::unix::fs::chown(path, None, Some(g.gid.as_raw())) {
+                log::warn!(
+                    "Cannot give the socket {} to group {group}: {e}",
+                    path.display()
+                );
+            }
+        }
+        _ => log::warn!(
+            "Group {group} does not exist; the socket {} keeps the daemon's own group",
+            path.display()
+        ),
+    }
+    listener.set_nonblocking(true).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves the socket until `shutdown` turns true, then lets every connection answer what it
+/// has already read.
+pub async fn serve(
+    listener: UnixListener,
+    ingest: Arc<Ingest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(ingest.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let ingest = ingest.clone();
+                        let shutdown = shutdown.clone();
+                        connections.spawn(async move {
+                            connection(stream, ingest, shutdown).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        connections.spawn(refuse(stream));
+                    }
+                },
+                Err(e) => log::warn!("Ingest socket accept failed: {e}"),
+            },
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn refuse(mut stream: UnixStream) {
+    let line = reply_err("internal", "too many connections; try again later");
+    let _ = stream.write_all(&line).await;
+}
+
+enum Pending {
+    Ready(Vec<u8>),
+    Append(oneshot::Receiver<Result<Appended, AppendError>>),
+}
+
+async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
+    let (read, write) = stream.into_split();
+    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), ingest.max_line);
+    let mut lines = FramedRead::new(read, codec);
+    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE);
+    let writer = tokio::spawn(async move {
+        let mut out = BufWriter::new(write);
+        while let Some(p) = rx.recv().await {
+            let line = match p {
+                Pending::Ready(line) => line,
+                Pending::Append(answer) => append_reply(answer.await),
+            };
+            if out.write_all(&line).await.is_err() {
+                return;
+            }
+            if rx.is_empty() && out.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = out.flush().await;
+    });
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => break,
+            next = lines.next() => next,
+        };
+        let pending = match next {
+            None => break,
+            Some(Ok(line)) => match handle(&line, &ingest).await {
+                Some(p) => p,
+                None => continue,
+            },
+            Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => Pending::Ready(reply_err(
+                "too_large",
+                &format!("a request line is at most {} bytes", ingest.max_line),
+            )),
+            Some(Err(AnyDelimiterCodecError::Io(_))) => break,
+        };
+        if tx.send(pending).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    op: Option<&'a str>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    id: Option<String>,
+}
+
+/// Turns one line into its answer (or `None` for a blank line, which is no request).
+async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    let req: Request<'_> = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => {
+            return Some(Pending::Ready(reply_err(
+                "invalid",
+                &format!("not a JSON request object: {e}"),
+            )));
+        }
+    };
+    let ready = |code: &str, msg: &str| Some(Pending::Ready(reply_err(code, msg)));
+    match req.op {
+        Some("emit") | None => {}
+        Some("ping") => return Some(Pending::Ready(b"{\"ok\":true}\n".to_vec())),
+        Some(op) => {
+            let op: String = op.chars().take(64).collect();
+            return ready("unknown_op", &format!("unknown op `{op}`"));
+        }
+    }
+    let Some(event_type) = req.event_type else {
+        return ready("invalid", "an event needs a `type`");
+    };
+    if let Err(e) = event::check_app_type(&event_type) {
+        return ready("invalid", &e.to_string());
+    }
+    if let Some(id) = &req.id {
+        if let Err(e) = event::check_id(id) {
+            return ready("invalid", &e.to_string());
+        }
+    }
+    let null = RawValue::NULL;
+    let data = req.data.unwrap_or(null);
+    let ev = event::build(req.id, &event_type, data, SystemTime::now());
+    Some(Pending::Append(ingest.outbox.submit(ev).await))
+}
+
+fn append_reply(
+    answer: Result<Result<Appended, AppendError>, oneshot::error::RecvError>,
+) -> Vec<u8> {
+    match answer {
+        Ok(Ok(a)) => {
+            let mut line = serde_json::to_vec(&serde_json::json!({"ok": true, "id": a.id}))
+                .expect("a Value serialises");
+            line.push(b'\n');
+            line
+        }
+        Ok(Err(AppendError::Full)) => reply_err("full", "the outbox is full"),
+        // The detail is in the daemon's log; a client only learns that nothing was stored.
+        Ok(Err(AppendError::Storage(_))) => {
+            reply_err("internal", "storage error: the event was not stored")
+        }
+        Err(_) => reply_err(
+            "internal",
+            "the daemon is stopping; the event was not stored",
+        ),
+    }
+}
+
+fn reply_err(code: &str, error: &str) -> Vec<u8> {
+    let mut line =
+        serde_json::to_vec(&serde_json::json!({"ok": false, "code": code, "error": error}))
+            .expect("a Value serialises");
+    line.push(b'\n');
+    line
+}
