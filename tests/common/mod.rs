@@ -1,0 +1,300 @@
+//! Helpers for tests that run edgehook as a real process: the daemon, a real HTTP receiver on
+//! 127.0.0.1 port 0 that can be stopped and started again, socket clients, and waiting for a
+//! condition with a deadline.
+#![allow(dead_code)]
+
+pub mod receiver;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use edgehook::client::{Client, Reply};
+use serde_json::{Value, json};
+
+pub use receiver::{Behaviour, Receiver, Request, Response};
+
+/// A command running the edgehook binary, through `EDGEHOOK_TEST_RUNNER` when it is set (for
+/// example `qemu-aarch64-static -L /usr/aarch64-linux-gnu` for ARM builds).
+pub fn edgehook() -> Command {
+    let bin = env!("CARGO_BIN_EXE_edgehook");
+    match std::env::var("EDGEHOOK_TEST_RUNNER")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+    {
+        Some(runner) => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = Command::new(parts.next().expect("a runner"));
+            cmd.args(parts).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// Runs `edgehook --config CONFIG ARGS…` to completion.
+pub fn run(config: &Path, args: &[&str]) -> Output {
+    edgehook()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("edgehook runs")
+}
+
+/// Waits until `cond` holds, or panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(2);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A test's directory with its config file.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    /// A directory whose config has the outbox and socket inside it, plus `rest` (sinks …).
+    pub fn new(rest: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = dir.path().join("edgehook.toml");
+        let s = Setup { dir, config };
+        s.write_config(rest);
+        s
+    }
+
+    /// Rewrites the config with the same outbox and socket and a new `rest`.
+    pub fn write_config(&self, rest: &str) {
+        let d = self.dir.path().display();
+        let text = format!(
+            "[storage]\npath = \"{d}/outbox.db\"\n[ingest]\nsocket = \"{d}/ingest.sock\"\n[daemon]\nshutdown_timeout = \"2s\"\n{rest}"
+        );
+        std::fs::write(&self.config, text).expect("config written");
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("ingest.sock")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("outbox.db")
+    }
+
+    /// Starts the daemon and waits until it answers on its socket.
+    pub fn start(&self) -> Daemon {
+        Daemon::start(self)
+    }
+
+    /// `edgehook status --json`.
+    pub fn status(&self) -> Value {
+        let out = run(&self.config, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// One sink's entry in `status --json`.
+    pub fn sink_status(&self, name: &str) -> Value {
+        self.status()["sinks"]
+            .as_array()
+            .expect("sinks")
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no sink {name} in status"))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket()).expect("the daemon answers")
+    }
+}
+
+/// A sink section for an HTTP receiver with Standard Webhooks signing and quick retries.
+pub fn http_sink(name: &str, url: &str, secret: &str, extra: &str) -> String {
+    format!(
+        "[[sink]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n[sink.signing]\nscheme = \"standard\"\nsecret = \"{secret}\"\n[sink.retry]\ninitial = \"20ms\"\nmax = \"500ms\"\nmax_attempts = 3\n"
+    )
+}
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A running daemon process.
+pub struct Daemon {
+    child: Option<Child>,
+    config: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Daemon {
+    fn start(setup: &Setup) -> Daemon {
+        let mut d = Daemon {
+            child: None,
+            config: setup.config.clone(),
+            socket: setup.socket(),
+            log: setup.dir.path().join("daemon.log"),
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = edgehook()
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the daemon starts");
+        self.child = Some(child);
+        self.starts += 1;
+        let socket = self.socket.clone();
+        let log_path = self.log.clone();
+        let mut exited = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if edgehook::client::daemon_running(&socket) {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                exited = Some(status);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not become ready: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "the daemon exited with {exited:?}: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// `kill -9`, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        signal(c.id() as i32, "TERM");
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn hup(&self) {
+        signal(self.pid(), "HUP");
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn signal(pid: i32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Emits `n` events of type `t` with data `{"client": c, "n": i}` over one connection, keeping
+/// up to `window` requests in flight; returns the acknowledged ids in order.
+pub fn emit_pipelined(
+    socket: &Path,
+    client: usize,
+    n: usize,
+    t: &str,
+    window: usize,
+) -> Vec<String> {
+    let mut c = Client::connect(socket).expect("connect");
+    let mut ids = Vec::with_capacity(n);
+    let mut sent = 0;
+    while ids.len() < n {
+        while sent < n && sent - ids.len() < window {
+            c.send(&json!({"type": t, "data": {"client": client, "n": sent}}))
+                .expect("send");
+            sent += 1;
+        }
+        match c.recv().expect("reply") {
+            Reply::Ok(v) => ids.push(v["id"].as_str().expect("id").to_string()),
+            Reply::Err { code, error } => panic!("emit refused: {code}: {error}"),
+        }
+    }
+    ids
+}
+
+/// Emits one event and returns its id.
+pub fn emit_one(socket: &Path, t: &str, data: Value) -> String {
+    let mut c = Client::connect(socket).expect("connect");
+    match c.call(&json!({"type": t, "data": data})).expect("reply") {
+        Reply::Ok(v) => v["id"].as_str().expect("id").to_string(),
+        Reply::Err { code, error } => panic!("emit refused: {code}: {error}"),
+    }
+}
+
+/// Checks a received request's Standard Webhooks signature with edgehook's verifier.
+pub fn verify_standard(req: &Request, secret: &str) -> Result<(), String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    edgehook::sinks::signing::verify(
+        edgehook::sinks::signing::Scheme::Standard,
+        secret,
+        &req.headers,
+        &req.body,
+        now,
+        Duration::from_secs(300),
+    )
+    .map_err(|e| e.to_string())
+}

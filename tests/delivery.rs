@@ -1,0 +1,202 @@
+//! Events flow from producers through the outbox to HTTP receivers: all of them, once each,
+//! signed, in order, across receiver outages and beside a sink that is down.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn ten_thousand_events_from_eight_concurrent_clients_arrive_once_each_verified_and_in_order() {
+    let receiver = Receiver::ok();
+    let setup = Setup::new(&http_sink("cloud", &receiver.url(), SECRET, ""));
+    let _daemon = setup.start();
+    let socket = setup.socket();
+    let per_client: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|c| {
+                let socket = socket.clone();
+                s.spawn(move || emit_pipelined(&socket, c, 1250, "sensor.reading", 64))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let acked: HashSet<&String> = per_client.iter().flatten().collect();
+    assert_eq!(acked.len(), 10_000, "every acknowledged id is distinct");
+    wait_until(Duration::from_secs(120), "10,000 deliveries", || {
+        receiver.delivered_count() >= 10_000
+    });
+
+    let delivered = receiver.delivered();
+    assert_eq!(delivered.len(), 10_000, "no event arrived twice");
+    let mut position = HashMap::new();
+    for (i, req) in delivered.iter().enumerate() {
+        verify_standard(req, SECRET).unwrap_or_else(|e| panic!("request {i} does not verify: {e}"));
+        assert_eq!(req.header("content-type"), Some("application/json"));
+        assert!(req.header("user-agent").unwrap().starts_with("edgehook/"));
+        assert_eq!(req.header("webhook-id").unwrap(), req.event_id());
+        assert!(
+            position.insert(req.event_id(), i).is_none(),
+            "{} arrived twice",
+            req.event_id()
+        );
+    }
+    // Each client's events entered the outbox in the order it sent them, so they must arrive
+    // in that order.
+    for ids in &per_client {
+        let positions: Vec<usize> = ids.iter().map(|id| position[id]).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "a client's events arrived out of outbox order"
+        );
+    }
+    let device = setup.status()["device"]["id"].as_str().unwrap().to_string();
+    assert!(
+        delivered
+            .iter()
+            .all(|r| r.header("edgehook-device-id") == Some(device.as_str()))
+    );
+}
+
+#[test]
+fn a_backlog_built_while_the_receiver_is_down_arrives_in_order_once_it_returns() {
+    let mut receiver = Receiver::ok();
+    let setup = Setup::new(&http_sink("cloud", &receiver.url(), SECRET, ""));
+    receiver.stop();
+    let _daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 300, "sensor.reading", 32);
+    wait_until(
+        Duration::from_secs(10),
+        "failed attempts while down",
+        || {
+            setup.sink_status("cloud")["failed_attempts"]
+                .as_i64()
+                .unwrap()
+                >= 3
+        },
+    );
+    let s = setup.sink_status("cloud");
+    assert_eq!(s["pending"], 300);
+    assert_eq!(s["state"], "backing-off");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("connection"),
+        "{s}"
+    );
+
+    receiver.restart();
+    let back = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "the first delivery after the return",
+        || receiver.delivered_count() > 0,
+    );
+    let resumed_after = back.elapsed();
+    // retry.max is 500ms in http_sink; allow for scheduling on a loaded machine.
+    assert!(
+        resumed_after < Duration::from_millis(500) + Duration::from_secs(1),
+        "resumed after {resumed_after:?}"
+    );
+    wait_until(Duration::from_secs(30), "the whole backlog", || {
+        receiver.delivered_count() >= 300
+    });
+    assert_eq!(receiver.delivered_ids(), ids);
+    wait_until(Duration::from_secs(10), "status to settle", || {
+        setup.sink_status("cloud")["pending"] == 0
+    });
+    assert_eq!(setup.sink_status("cloud")["state"], "active");
+}
+
+#[test]
+fn with_two_sinks_one_down_the_other_receives_everything_without_delay() {
+    let up = Receiver::ok();
+    let mut down = Receiver::ok();
+    let down_url = down.url();
+    down.stop();
+    let setup = Setup::new(&format!(
+        "{}{}",
+        http_sink("up", &up.url(), SECRET, ""),
+        http_sink("down", &down_url, SECRET, "")
+    ));
+    let _daemon = setup.start();
+    let started = Instant::now();
+    let ids = emit_pipelined(&setup.socket(), 0, 500, "sensor.reading", 32);
+    wait_until(
+        Duration::from_secs(20),
+        "500 deliveries to the live sink",
+        || up.delivered_count() >= 500,
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the live sink took {took:?}"
+    );
+    assert_eq!(up.delivered_ids(), ids);
+    let d = setup.sink_status("down");
+    assert_eq!(d["pending"], 500);
+    assert!(d["failed_attempts"].as_i64().unwrap() > 0);
+    assert_eq!(setup.sink_status("up")["pending"], 0);
+}
+
+#[test]
+fn an_event_not_matching_a_sinks_filter_is_not_sent_there_and_a_disabled_sink_gets_nothing() {
+    let sensors = Receiver::ok();
+    let all = Receiver::ok();
+    let off = Receiver::ok();
+    let setup = Setup::new(&format!(
+        "{}{}{}",
+        http_sink("sensors", &sensors.url(), SECRET, "events = [\"sensor.*\"]"),
+        http_sink("all", &all.url(), SECRET, ""),
+        http_sink("off", &off.url(), SECRET, "enabled = false"),
+    ));
+    let _daemon = setup.start();
+    emit_one(&setup.socket(), "sensor.temp", serde_json::json!({"c": 20}));
+    emit_one(&setup.socket(), "door.opened", serde_json::json!({}));
+    emit_one(
+        &setup.socket(),
+        "sensor.humidity",
+        serde_json::json!({"rh": 40}),
+    );
+    wait_until(Duration::from_secs(10), "deliveries", || {
+        all.delivered_count() == 3 && sensors.delivered_count() == 2
+    });
+    let types: Vec<String> = sensors
+        .delivered()
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["sensor.temp", "sensor.humidity"]);
+    assert_eq!(off.requests().len(), 0);
+    assert_eq!(setup.sink_status("off")["state"], "disabled");
+}
+
+#[test]
+fn the_body_sent_is_the_stored_envelope_byte_for_byte() {
+    let receiver = Receiver::ok();
+    let setup = Setup::new(&http_sink("cloud", &receiver.url(), SECRET, ""));
+    let _daemon = setup.start();
+    let mut c = setup.client();
+    c.send_raw(b"{\"type\":\"app.sample\",\"id\":\"given-1\",\"data\":{ \"z\": 1.50, \"a\" : [true, null, \"x y\"] }}\n").unwrap();
+    let reply = c.recv().unwrap();
+    assert!(
+        matches!(reply, edgehook::client::Reply::Ok(ref v) if v["id"] == "given-1"),
+        "{reply:?}"
+    );
+    wait_until(Duration::from_secs(10), "the delivery", || {
+        receiver.delivered_count() == 1
+    });
+    let body = String::from_utf8(receiver.delivered()[0].body.clone()).unwrap();
+    let (head, time) = body.split_at(body.find(",\"time\":\"").unwrap());
+    assert_eq!(
+        head,
+        "{\"id\":\"given-1\",\"type\":\"app.sample\",\"data\":{\"z\":1.50,\"a\":[true,null,\"x y\"]}"
+    );
+    let time = time
+        .trim_start_matches(",\"time\":\"")
+        .trim_end_matches("\"}");
+    assert!(
+        time.ends_with('Z') && humantime::parse_rfc3339(time).is_ok(),
+        "{time}"
+    );
+}
