@@ -50,8 +50,13 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     )
     .map_err(fail)?;
     let url = format!("http://{}/webhook", receiver.addr());
+    // The socket belongs to the user's own group, so the demo needs no `edgehook` group.
+    let group = nix::unistd::Group::from_gid(nix::unistd::getgid())
+        .ok()
+        .flatten()
+        .map_or_else(|| "edgehook".to_string(), |g| g.name);
     let config_text = format!(
-        "[storage]\npath = \"outbox.db\"\n\n[ingest]\nsocket = \"ingest.sock\"\n\n[[sink]]\nname = \"demo\"\nurl = \"{url}\"\n[sink.signing]\nscheme = \"standard\"\nsecret_file = \"demo.secret\"\n[sink.retry]\ninitial = \"200ms\"\nmax = \"2s\"\n"
+        "[storage]\npath = \"outbox.db\"\n\n[ingest]\nsocket = \"ingest.sock\"\ngroup = \"{group}\"\n\n[[sink]]\nname = \"demo\"\nurl = \"{url}\"\n[sink.signing]\nscheme = \"standard\"\nsecret_file = \"demo.secret\"\n[sink.retry]\ninitial = \"200ms\"\nmax = \"2s\"\n"
     );
     let config_path = dir.join("edgehook.toml");
     std::fs::write(dir.join("demo.secret"), &secret).map_err(|e| fail(e.to_string()))?;

@@ -15,7 +15,8 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::bytes::{Bytes, BytesMut};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 
 use crate::event;
 use crate::outbox::{AppendError, Appended, Outbox};
@@ -131,8 +132,7 @@ enum Pending {
 
 async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
     let (read, write) = stream.into_split();
-    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), ingest.max_line);
-    let mut lines = FramedRead::new(read, codec);
+    let mut lines = FramedRead::new(read, LineCodec::new(ingest.max_line));
     let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE);
     let writer = tokio::spawn(async move {
         let mut out = BufWriter::new(write);
@@ -157,15 +157,15 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
         };
         let pending = match next {
             None => break,
-            Some(Ok(line)) => match handle(&line, &ingest).await {
+            Some(Ok(Line::Complete(line))) => match handle(&line, &ingest).await {
                 Some(p) => p,
                 None => continue,
             },
-            Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => Pending::Ready(reply_err(
+            Some(Ok(Line::TooLong)) => Pending::Ready(reply_err(
                 "too_large",
                 &format!("a request line is at most {} bytes", ingest.max_line),
             )),
-            Some(Err(AnyDelimiterCodecError::Io(_))) => break,
+            Some(Err(_)) => break,
         };
         if tx.send(pending).await.is_err() {
             break;
@@ -173,6 +173,49 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// One line read from a client.
+enum Line {
+    /// A whole line, without its newline.
+    Complete(Bytes),
+    /// A line over the limit; the rest of it is discarded as it arrives.
+    TooLong,
+}
+
+/// Newline-delimited frames of at most `max` bytes. An over-long line is an item, not an
+/// error, because a decoder error would end the connection.
+struct LineCodec(AnyDelimiterCodec);
+
+impl LineCodec {
+    fn new(max: usize) -> Self {
+        LineCodec(AnyDelimiterCodec::new_with_max_length(
+            b"\n".to_vec(),
+            Vec::new(),
+            max,
+        ))
+    }
+
+    fn map(r: Result<Option<Bytes>, AnyDelimiterCodecError>) -> std::io::Result<Option<Line>> {
+        match r {
+            Ok(line) => Ok(line.map(Line::Complete)),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(Line::TooLong)),
+            Err(AnyDelimiterCodecError::Io(e)) => Err(e),
+        }
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Line;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Line>> {
+        Self::map(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Line>> {
+        Self::map(self.0.decode_eof(buf))
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,7 +1,7 @@
 //! Helpers for tests that run edgehook as a real process: the daemon, a real HTTP receiver on
 //! 127.0.0.1 port 0 that can be stopped and started again, socket clients, and waiting for a
 //! condition with a deadline.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod receiver;
 
@@ -172,9 +172,8 @@ impl Daemon {
         self.starts += 1;
         let socket = self.socket.clone();
         let log_path = self.log.clone();
-        let mut exited = None;
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let exited = loop {
             if edgehook::client::daemon_running(&socket) {
                 return;
             }
@@ -183,8 +182,7 @@ impl Daemon {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                exited = Some(status);
-                break;
+                break status;
             }
             assert!(
                 Instant::now() < deadline,
@@ -192,7 +190,7 @@ impl Daemon {
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
         panic!(
             "the daemon exited with {exited:?}: {}",
             std::fs::read_to_string(&log_path).unwrap_or_default()
