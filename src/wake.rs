@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Wake {
     generation: Mutex<u64>,
     changed: Condvar,
+    /// For sleepers on an async runtime.
+    notify: tokio::sync::Notify,
 }
 
 impl Wake {
@@ -28,6 +30,20 @@ impl Wake {
         let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         *g += 1;
         self.changed.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    /// Sleeps (asynchronously) until the generation differs from `seen`.
+    pub async fn changed(&self, seen: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.generation() != seen {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Sleeps until the generation differs from `seen` or `timeout` passes; returns the

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use check::{SinkKind, SinkSpec};
+pub use check::{MqttSpec, SinkKind, SinkSpec};
 pub use file::{Durability, LogLevel, WhenFull};
 
 /// The default location of the config file.

@@ -182,6 +182,16 @@ pub enum Report {
         /// New state.
         state: SinkState,
     },
+    /// The sink cannot reach its destination (for example a broker refusing the connection);
+    /// no delivery was attempted.
+    Trouble {
+        /// Sink.
+        sink: SinkId,
+        /// When (Unix ms).
+        at_ms: i64,
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// A sink as the outbox routes to it.
@@ -302,6 +312,27 @@ impl Outbox {
             })
             .map_err(|_| "the outbox is closed".to_string())?;
         rx.blocking_recv()
+            .unwrap_or_else(|_| Err("the outbox is closed".into()))
+    }
+
+    /// The next deliveries of `sink` after `after`, in outbox order (from async code).
+    pub async fn fetch(
+        &self,
+        sink: SinkId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Fetch {
+                sink,
+                after,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| "the outbox is closed".to_string())?;
+        rx.await
             .unwrap_or_else(|_| Err("the outbox is closed".into()))
     }
 

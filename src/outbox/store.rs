@@ -509,6 +509,13 @@ impl Store {
                 row.last_error_ms = Some(at_ms);
                 self.dirty.insert(sink);
             }
+            Report::Trouble { sink, at_ms, error } => {
+                let row = self.sinks.entry(sink).or_default();
+                row.last_error = Some(error);
+                row.last_error_ms = Some(at_ms);
+                row.state = Some(SinkState::BackingOff);
+                self.dirty.insert(sink);
+            }
             Report::State { sink, state } => {
                 self.sinks.entry(sink).or_default().state = Some(state);
                 self.dirty.insert(sink);

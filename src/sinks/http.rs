@@ -5,9 +5,9 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
-use super::{Attempt, Outcome, SinkError, backoff};
+use super::{Attempt, Outcome, SinkError, backoff, tls};
 use crate::config::SinkSpec;
 
 /// How much of a response body is read (and thrown away) so the connection can be reused.
@@ -146,58 +146,32 @@ fn is_loopback_url(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn read_pem(path: &std::path::Path) -> Result<Vec<PemItem<'static>>, SinkError> {
-    let bytes = std::fs::read(path).map_err(|e| SinkError::Tls {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    ureq::tls::parse_pem(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| SinkError::Tls {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
-}
-
 fn tls_config(spec: &SinkSpec) -> Result<TlsConfig, SinkError> {
     let mut tls = TlsConfig::builder();
     tls = match &spec.ca_file {
         Some(path) => {
-            let certs: Vec<_> = read_pem(path)?
-                .into_iter()
-                .filter_map(|i| match i {
-                    PemItem::Certificate(c) => Some(c),
-                    _ => None,
-                })
+            let certs: Vec<Certificate<'static>> = tls::load_certs(path)?
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
                 .collect();
-            if certs.is_empty() {
-                return Err(SinkError::Tls {
-                    path: path.clone(),
-                    message: "no certificate in the file".into(),
-                });
-            }
             tls.root_certs(RootCerts::new_with_certs(&certs))
         }
         None => tls.root_certs(RootCerts::PlatformVerifier),
     };
     if let (Some(cert), Some(key)) = (&spec.client_cert, &spec.client_key) {
-        let chain: Vec<_> = read_pem(cert)?
-            .into_iter()
-            .filter_map(|i| match i {
-                PemItem::Certificate(c) => Some(c),
-                _ => None,
-            })
+        let chain: Vec<Certificate<'static>> = tls::load_certs(cert)?
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
             .collect();
-        let key = read_pem(key)?
-            .into_iter()
-            .find_map(|i| match i {
-                PemItem::PrivateKey(k) => Some(k),
-                _ => None,
-            })
-            .ok_or_else(|| SinkError::Tls {
-                path: key.clone(),
-                message: "no private key in the file".into(),
-            })?;
+        tls::load_key(key)?; // the same checks and message as for MQTT sinks
+        let pem = std::fs::read(key).map_err(|e| SinkError::Tls {
+            path: key.clone(),
+            message: e.to_string(),
+        })?;
+        let key = PrivateKey::from_pem(&pem).map_err(|e| SinkError::Tls {
+            path: key.clone(),
+            message: e.to_string(),
+        })?;
         tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
     }
     Ok(tls.build())

@@ -5,7 +5,9 @@
 
 pub mod backoff;
 pub mod http;
+pub mod mqtt;
 pub mod signing;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,9 +36,6 @@ pub enum SinkError {
         /// What is wrong.
         message: String,
     },
-    /// The transport is not available in this build.
-    #[error("sink `{0}`: {1}")]
-    Unsupported(String, String),
 }
 
 /// What one attempt came to.
@@ -75,6 +74,8 @@ pub struct Attempt {
 pub enum Transport {
     /// HTTP(S).
     Http(http::HttpSink),
+    /// MQTT 5.
+    Mqtt(mqtt::MqttSink),
 }
 
 impl Transport {
@@ -82,16 +83,7 @@ impl Transport {
     pub fn new(spec: Arc<SinkSpec>, device_id: &str) -> Result<Self, SinkError> {
         match &spec.kind {
             SinkKind::Http { .. } => Ok(Transport::Http(http::HttpSink::new(spec, device_id)?)),
-            SinkKind::Mqtt(_) => Err(SinkError::Unsupported(
-                spec.name.clone(),
-                "MQTT sinks are not available in this version".into(),
-            )),
-        }
-    }
-
-    fn attempt(&self, d: &Delivery) -> Attempt {
-        match self {
-            Transport::Http(h) => h.attempt(&d.id, &d.body),
+            SinkKind::Mqtt(_) => Ok(Transport::Mqtt(mqtt::MqttSink::new(spec, device_id)?)),
         }
     }
 }
@@ -143,14 +135,25 @@ impl SinkRunner {
             sink: id,
             state: SinkState::Active,
         });
+        let mut threads = Vec::with_capacity(workers + 1);
+        let name = shared.spec.name.clone();
+        if let Transport::Mqtt(_) = &shared.transport {
+            // One connection carries the whole window; see `mqtt`.
+            let s = shared.clone();
+            threads.push(spawn(&name, "mqtt", move || {
+                if let Transport::Mqtt(m) = &s.transport {
+                    mqtt::run(&s, m);
+                }
+            }));
+            return Ok(SinkRunner { shared, threads });
+        }
         let (tx, rx) = sync_channel::<Delivery>(workers);
         let rx = Arc::new(Mutex::new(rx));
-        let mut threads = Vec::with_capacity(workers + 1);
         let s = shared.clone();
-        threads.push(spawn(&shared.spec.name, "feed", move || feed(&s, tx)));
+        threads.push(spawn(&name, "feed", move || feed(&s, tx)));
         for _ in 0..workers {
             let (s, rx) = (shared.clone(), rx.clone());
-            threads.push(spawn(&shared.spec.name, "send", move || send_loop(&s, &rx)));
+            threads.push(spawn(&name, "send", move || send_loop(&s, &rx)));
         }
         Ok(SinkRunner { shared, threads })
     }
@@ -204,6 +207,7 @@ fn feed(s: &Shared, tx: SyncSender<Delivery>) {
     let mut cursor = 0i64;
     while !s.stopping.load(Ordering::SeqCst) {
         let seen = s.work.generation();
+        let control = s.control.generation();
         match s.outbox.fetch_blocking(s.id, cursor, FETCH) {
             Ok(batch) if batch.is_empty() => {
                 s.work.wait(seen, IDLE);
@@ -218,8 +222,7 @@ fn feed(s: &Shared, tx: SyncSender<Delivery>) {
             }
             Err(e) => {
                 log::warn!(sink = s.spec.name.as_str(); "Sink {} cannot read its queue: {e}", s.spec.name);
-                s.control
-                    .wait(s.control.generation(), Duration::from_secs(1));
+                s.control.wait(control, Duration::from_secs(1));
             }
         }
     }
@@ -262,7 +265,10 @@ fn deliver(s: &Shared, d: Delivery) {
             });
             return;
         }
-        let a = s.transport.attempt(&d);
+        let Transport::Http(http) = &s.transport else {
+            return;
+        };
+        let a = http.attempt(&d.id, &d.body);
         attempts += 1;
         let status = a.status.map_or(0, u64::from);
         let latency_ms = a.latency.as_millis() as u64;
