@@ -3,6 +3,7 @@
 //! condition with a deadline.
 #![allow(dead_code, unused_imports)]
 
+pub mod broker;
 pub mod receiver;
 
 use std::path::{Path, PathBuf};

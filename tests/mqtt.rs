@@ -1,0 +1,480 @@
+//! MQTT sinks against a real Mosquitto: every acknowledged event reaches a subscriber, in
+//! order, signed in its user properties, across broker restarts, daemon crashes, refused
+//! credentials and TLS.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::broker::*;
+use common::*;
+
+fn mqtt_sink(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[sink]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n[sink.signing]\nscheme = \"standard\"\nsecret = \"{SECRET}\"\n[sink.retry]\ninitial = \"50ms\"\nmax = \"1s\"\nmax_attempts = 3\n"
+    )
+}
+
+#[test]
+fn ten_thousand_events_arrive_in_order_each_verified() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = Subscriber::connect(broker.port, "edgehook/#");
+    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
+    let _daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 10_000, "sensor.reading", 64);
+    wait_until(Duration::from_secs(120), "10,000 messages", || {
+        sub.event_count() >= 10_000
+    });
+    let events = sub.events();
+    assert_eq!(events.len(), 10_000, "no duplicates without faults");
+    let device = setup.status()["device"]["id"].as_str().unwrap().to_string();
+    for (m, id) in events.iter().zip(&ids) {
+        assert_eq!(&m.event_id(), id, "out of order");
+        verify_message(m, SECRET).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(m.topic, format!("edgehook/{device}/events/sensor.reading"));
+        assert_eq!(m.content_type.as_deref(), Some("application/json"));
+        let dev = m
+            .user_properties
+            .iter()
+            .find(|(k, _)| k == "edgehook-device-id")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(dev, Some(device.as_str()));
+        assert!(!m.retain);
+    }
+    let presence: Vec<Message> = sub
+        .all()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/status"))
+        .collect();
+    assert_eq!(
+        presence.last().map(|m| m.payload.as_slice()),
+        Some(b"online".as_slice())
+    );
+    let s = setup.sink_status("broker");
+    assert_eq!(
+        (s["delivered"].as_i64(), s["pending"].as_i64()),
+        (Some(10_000), Some(0))
+    );
+}
+
+#[test]
+fn the_broker_restarted_three_times_mid_stream_loses_nothing_acknowledged() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let mut broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = Subscriber::connect(broker.port, "edgehook/+/events/#");
+    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
+    let _daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 6000, "sensor.reading", 64);
+    for round in 1..=3 {
+        let target = round * 1000;
+        wait_until(Duration::from_secs(60), "progress", || {
+            sub.distinct_event_ids().len() >= target
+        });
+        broker.restart();
+    }
+    wait_until(Duration::from_secs(120), "every acknowledged event", || {
+        sub.distinct_event_ids().len() >= ids.len()
+    });
+    let arrived: Vec<String> = sub.events().iter().map(Message::event_id).collect();
+    // Repeats come from edgehook's window (16 unacknowledged publishes) and from the broker,
+    // which keeps its own QoS 1 window and queue towards the subscriber across its restart and
+    // sends them again (mosquitto's max_inflight_messages is 20).
+    let dups = check_arrivals(&arrived, &ids, 64);
+    eprintln!(
+        "{} messages for {} events, {dups} duplicates",
+        arrived.len(),
+        ids.len()
+    );
+}
+
+#[test]
+fn the_daemon_killed_mid_stream_and_restarted_loses_nothing_acknowledged() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = Subscriber::connect(broker.port, "edgehook/+/events/#");
+    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
+    let mut daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 5000, "sensor.reading", 64);
+    for round in 1..=3 {
+        wait_until(Duration::from_secs(60), "progress", || {
+            sub.distinct_event_ids().len() >= round * 800
+        });
+        daemon.restart();
+    }
+    wait_until(Duration::from_secs(120), "every acknowledged event", || {
+        sub.distinct_event_ids().len() >= ids.len()
+    });
+    let arrived: Vec<String> = sub.events().iter().map(Message::event_id).collect();
+    // In flight at a kill: the 16 unacknowledged publishes, plus acknowledgements the broker
+    // sent that were not yet committed to the outbox (they share group commits).
+    let dups = check_arrivals(&arrived, &ids, 256);
+    eprintln!(
+        "{} messages for {} events, {dups} duplicates over 3 kills",
+        arrived.len(),
+        ids.len()
+    );
+}
+
+#[test]
+fn a_broker_refusing_the_credentials_is_retried_calmly_and_events_flow_once_it_accepts() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let passwords = setup.dir.path().join("passwords");
+    let set_password = |user: &str, pw: &str| {
+        let st = std::process::Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(&passwords)
+            .args([user, pw])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    std::fs::write(&passwords, "").unwrap();
+    set_password("watcher", "watch-pw");
+    set_password("device", "other-password");
+    let broker = Broker::start(
+        setup.dir.path(),
+        &format!(
+            "allow_anonymous false\npassword_file {}",
+            passwords.display()
+        ),
+    );
+    let sub_opts = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_credentials("watcher", "watch-pw");
+    };
+    let sub = Subscriber::connect_with(broker.port, "edgehook/+/events/#", sub_opts);
+    std::fs::write(setup.dir.path().join("mqtt.pw"), "s3cret\n").unwrap();
+    setup.write_config(&mqtt_sink(
+        "broker",
+        &broker.url(),
+        "username = \"device\"\npassword_file = \"mqtt.pw\"",
+    ));
+    let daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 20, "sensor.reading", 8);
+    wait_until(Duration::from_secs(10), "the refusal in status", || {
+        setup.sink_status("broker")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the broker refused the connection"))
+    });
+    let window = Instant::now();
+    let before = daemon.log().matches("reconnecting in").count();
+    std::thread::sleep(Duration::from_secs(3));
+    let tries = daemon.log().matches("reconnecting in").count() - before;
+    // Backoff from 50ms doubling to 1s: about 3 to 10 tries in 3 s, never a busy loop.
+    assert!(
+        tries <= 20,
+        "{tries} connection attempts in {:?}",
+        window.elapsed()
+    );
+    assert!(
+        !daemon.log().contains("s3cret"),
+        "the password is never logged"
+    );
+    let s = setup.sink_status("broker");
+    assert_eq!(
+        (s["pending"].as_i64(), s["state"].as_str()),
+        (Some(20), Some("backing-off"))
+    );
+    assert_eq!(sub.event_count(), 0);
+
+    // The broker now accepts the device's password.
+    set_password("device", "s3cret");
+    broker.reload();
+    wait_until(Duration::from_secs(30), "the events", || {
+        sub.distinct_event_ids().len() >= 20
+    });
+    let arrived: Vec<String> = sub.events().iter().map(Message::event_id).collect();
+    check_arrivals(&arrived, &ids, 16);
+}
+
+#[test]
+fn an_http_sink_and_an_mqtt_sink_each_get_every_event_and_neither_waits_for_the_other() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let mut broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = Subscriber::connect(broker.port, "edgehook/+/events/#");
+    let mut http = Receiver::ok();
+    setup.write_config(&format!(
+        "{}{}",
+        mqtt_sink("broker", &broker.url(), ""),
+        http_sink("web", &http.url(), SECRET, "")
+    ));
+    let _daemon = setup.start();
+    // The broker down: HTTP still gets everything at once.
+    broker.stop();
+    let first = emit_pipelined(&setup.socket(), 0, 300, "sensor.reading", 32);
+    wait_until(
+        Duration::from_secs(15),
+        "HTTP while the broker is down",
+        || http.delivered_count() >= 300,
+    );
+    assert_eq!(http.delivered_ids(), first);
+    // The receiver down and the broker back: MQTT gets everything.
+    http.stop();
+    broker.restart();
+    let second = emit_pipelined(&setup.socket(), 1, 300, "sensor.reading", 32);
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    wait_until(
+        Duration::from_secs(30),
+        "MQTT while the receiver is down",
+        || sub.distinct_event_ids().len() >= 600,
+    );
+    let arrived: Vec<String> = sub.events().iter().map(Message::event_id).collect();
+    check_arrivals(&arrived, &all, 16);
+    assert_eq!(setup.sink_status("web")["pending"], 300);
+    http.restart();
+    wait_until(Duration::from_secs(30), "HTTP catching up", || {
+        http.delivered_count() >= 600
+    });
+    assert_eq!(http.delivered_ids(), all);
+}
+
+#[test]
+fn qos_2_events_are_done_on_pubcomp_and_arrive_once_in_order() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = Subscriber::connect(broker.port, "devices/#");
+    setup.write_config(&mqtt_sink(
+        "broker",
+        &broker.url(),
+        "qos = 2\ntopic = \"devices/{device_id}/{sink}/{type}\"",
+    ));
+    let _daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 500, "door.opened", 32);
+    wait_until(Duration::from_secs(30), "500 messages", || {
+        sub.all().len() >= 500
+    });
+    let got: Vec<String> = sub.all().iter().map(Message::event_id).collect();
+    assert_eq!(got, ids);
+    assert!(sub.all()[0].topic.ends_with("/broker/door.opened"));
+    wait_until(Duration::from_secs(5), "status", || {
+        setup.sink_status("broker")["delivered"] == 500
+    });
+}
+
+#[test]
+fn a_negative_reason_code_is_a_permanent_failure_and_the_queue_moves_on() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    // The ACL lets the device publish only below `allowed/`; mosquitto answers other topics
+    // with "not authorized" in its v5 PUBACK.
+    let acl = setup.dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite allowed/#\n").unwrap();
+    let broker = Broker::start(
+        setup.dir.path(),
+        &format!("allow_anonymous true\nacl_file {}", acl.display()),
+    );
+    let sub = Subscriber::connect(broker.port, "allowed/#");
+    setup.write_config(&mqtt_sink(
+        "broker",
+        &broker.url(),
+        "topic = \"{type}/x\"\nstatus_topic = \"allowed/status\"",
+    ));
+    let _daemon = setup.start();
+    let ok1 = emit_one(&setup.socket(), "allowed", serde_json::json!({}));
+    emit_one(&setup.socket(), "forbidden", serde_json::json!({}));
+    let ok2 = emit_one(&setup.socket(), "allowed", serde_json::json!({}));
+    wait_until(Duration::from_secs(20), "the dead letter", || {
+        setup.sink_status("broker")["dead_letters"] == 1
+    });
+    wait_until(Duration::from_secs(10), "the allowed events", || {
+        sub.event_count_on("allowed/x") >= 2
+    });
+    let got: Vec<String> = sub
+        .all()
+        .iter()
+        .filter(|m| m.topic == "allowed/x")
+        .map(Message::event_id)
+        .collect();
+    assert_eq!(got, [ok1, ok2]);
+    let err = setup.sink_status("broker")["last_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("NotAuthorized"), "{err}");
+}
+
+#[test]
+fn tls_with_a_test_ca_is_accepted_with_ca_file_and_refused_without_it_or_on_a_name_mismatch() {
+    if !mosquitto_available() || !openssl_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let pki = setup.dir.path().join("pki");
+    make_pki(&pki);
+    let tls = |cert: &str| {
+        format!(
+            "cafile {0}/ca.pem\ncertfile {0}/{cert}.pem\nkeyfile {0}/{cert}.key\nallow_anonymous true",
+            pki.display()
+        )
+    };
+    let good = Broker::start(setup.dir.path(), &tls("server"));
+    let wrong_name = Broker::start(setup.dir.path(), &tls("elsewhere"));
+    let url = |b: &Broker| format!("mqtts://127.0.0.1:{}", b.port);
+    let ca = format!("ca_file = \"{}/ca.pem\"", pki.display());
+    setup.write_config(&format!(
+        "{}{}{}",
+        mqtt_sink("trusted", &url(&good), &ca),
+        mqtt_sink("untrusted", &url(&good), ""),
+        mqtt_sink("mismatch", &url(&wrong_name), &ca),
+    ));
+    let _daemon = setup.start();
+    let sub = Arc::new(tls_subscriber(good.port, &pki));
+    emit_one(
+        &setup.socket(),
+        "sensor.reading",
+        serde_json::json!({"n": 1}),
+    );
+    wait_until(Duration::from_secs(20), "delivery over TLS", || {
+        sub.event_count() >= 1
+    });
+    wait_until(Duration::from_secs(20), "the refusals", || {
+        let a = setup.sink_status("untrusted")["last_error"]
+            .as_str()
+            .map(str::to_string);
+        let b = setup.sink_status("mismatch")["last_error"]
+            .as_str()
+            .map(str::to_string);
+        a.is_some() && b.is_some()
+    });
+    let untrusted = setup.sink_status("untrusted");
+    let mismatch = setup.sink_status("mismatch");
+    assert!(
+        untrusted["last_error"].as_str().unwrap().contains("TLS"),
+        "{untrusted}"
+    );
+    assert!(
+        mismatch["last_error"].as_str().unwrap().contains("TLS"),
+        "{mismatch}"
+    );
+    assert!(
+        mismatch["last_error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("name"),
+        "{mismatch}"
+    );
+    assert_eq!(
+        (untrusted["pending"].as_i64(), mismatch["pending"].as_i64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(setup.sink_status("trusted")["delivered"], 1);
+}
+
+fn openssl_available() -> bool {
+    let ok = std::process::Command::new("openssl")
+        .arg("version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "openssl is not installed");
+        eprintln!("cannot run this test here: openssl is not installed");
+    }
+    ok
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and one for another name, with openssl.
+fn make_pki(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edgehook test CA",
+    ]);
+    for (name, san) in [
+        ("server", "IP:127.0.0.1"),
+        ("elsewhere", "DNS:elsewhere.test"),
+    ] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("subjectAltName={san}\n"),
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+}
+
+fn tls_subscriber(port: u16, pki: &std::path::Path) -> Subscriber {
+    let ca = std::fs::read(pki.join("ca.pem")).unwrap();
+    Subscriber::connect_with(port, "edgehook/+/events/#", move |o| {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth: None,
+            },
+        ));
+    })
+}
