@@ -90,14 +90,15 @@ pub fn build(id: Option<String>, event_type: &str, data: &RawValue, now: SystemT
     }
 }
 
-/// Builds an event from a serialisable `data` value (for edgehook's own events).
+/// Builds an event from a serialisable `data` (for edgehook's own events); a struct keeps its
+/// fields in declaration order.
 pub fn build_value(
     id: Option<String>,
     event_type: &str,
-    data: &serde_json::Value,
+    data: &impl serde::Serialize,
     now: SystemTime,
 ) -> NewEvent {
-    let raw = serde_json::value::to_raw_value(data).expect("a Value always serialises");
+    let raw = serde_json::value::to_raw_value(data).expect("event data always serialises");
     build(id, event_type, &raw, now)
 }
 

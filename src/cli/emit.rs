@@ -71,13 +71,6 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
             println!("{}", v["id"].as_str().unwrap_or_default());
             Ok(Code::Ok)
         }
-        Reply::Err { code, error } => {
-            let exit = match code.as_str() {
-                "full" => Code::TempFail,
-                "invalid" | "too_large" | "decommissioned" => Code::DataErr,
-                _ => Code::Software,
-            };
-            Err(Failure::new(exit, format!("{code}: {error}")))
-        }
+        Reply::Err { code, error } => Err(super::exit::refused(&code, &error)),
     }
 }

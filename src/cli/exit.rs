@@ -119,6 +119,16 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
+/// The failure for a request the daemon refused with `code`.
+pub fn refused(code: &str, error: &str) -> Failure {
+    let exit = match code {
+        "full" => Code::TempFail,
+        "invalid" | "too_large" | "decommissioned" => Code::DataErr,
+        _ => Code::Software,
+    };
+    Failure::new(exit, format!("{code}: {error}"))
+}
+
 /// Prints the error with its chain of causes.
 pub fn report(f: &Failure) {
     let mut text = format!("edgehook: error: {}", f.error);

@@ -4,6 +4,8 @@ mod check_config;
 mod demo;
 mod emit;
 pub mod exit;
+mod inventory;
+mod lifecycle;
 mod receive;
 mod run;
 mod status;
@@ -42,6 +44,18 @@ pub enum Command {
     Emit(emit::Args),
     /// Show each sink's queue, the outbox and the device (works with the daemon stopped)
     Status(status::Args),
+    /// Collect and print the inventory; --refresh makes the daemon collect and emit if changed
+    Inventory(inventory::Args),
+    /// Announce a new device status (device-status-changed, only when it changes)
+    SetStatus(lifecycle::SetStatusArgs),
+    /// Decommission the device: sources stop, local events are refused, the backlog drains
+    #[command(after_help = "Example:
+  edgehook decommission")]
+    Decommission,
+    /// Undo `decommission` and announce the device again (device-provisioned)
+    #[command(after_help = "Example:
+  edgehook provision")]
+    Provision,
     /// Run a verifying webhook receiver that prints each event as one JSON line
     Receive(receive::Args),
     /// See edgehook work end to end: outbox, daemon and a verifying receiver on loopback
@@ -78,8 +92,25 @@ fn dispatch(cli: Cli) -> Result<Code, Failure> {
         Command::CheckConfig => check_config::run(&config_path),
         Command::Emit(a) => emit::run(&config_path, a),
         Command::Status(a) => status::run(&config_path, a),
+        Command::Inventory(a) => inventory::run(&config_path, a),
+        Command::SetStatus(a) => lifecycle::set_status(&config_path, a),
+        Command::Decommission => lifecycle::decommission(&config_path),
+        Command::Provision => lifecycle::provision(&config_path),
         Command::Receive(a) => receive::run(a),
         Command::Demo(a) => demo::run(a),
+    }
+}
+
+/// Sends one request to the running daemon; a refusal becomes the matching exit code.
+fn ask_daemon(
+    config_path: &std::path::Path,
+    request: &serde_json::Value,
+) -> Result<serde_json::Value, Failure> {
+    let config = load(config_path)?;
+    let mut client = crate::client::Client::connect(&config.ingest.socket)?;
+    match client.call(request)? {
+        crate::client::Reply::Ok(v) => Ok(v),
+        crate::client::Reply::Err { code, error } => Err(exit::refused(&code, &error)),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::file::{ConfigFile, SchemeName, SinkFile};
-use super::{Config, Device, Ingest, Locator, Problem, Storage};
+use super::{Config, Device, Ingest, Inventory, Locator, Problem, Storage};
 use crate::sinks::signing::{Scheme, Signer};
 
 /// One checked `[[sink]]`.
@@ -150,6 +150,20 @@ pub(super) fn check(raw: ConfigFile, locate: &Locator<'_>) -> Result<Config, Vec
             c.at(id, "`device.id` must be 1 to 128 characters");
         }
     }
+    if let Some(identity) = &raw.device.identity {
+        if identity.get_ref().is_empty() {
+            c.at(identity, "`device.identity` needs at least one key");
+        }
+    }
+    if raw.inventory.interval.get_ref().0 < Duration::from_secs(1) {
+        c.at(&raw.inventory.interval, "`interval` must be at least 1s");
+    }
+    if raw.inventory.script_timeout.get_ref().0 < Duration::from_millis(10) {
+        c.at(
+            &raw.inventory.script_timeout,
+            "`script_timeout` must be at least 10ms",
+        );
+    }
     if *raw.storage.max_events.get_ref() == 0 {
         c.at(&raw.storage.max_events, "`max_events` must be at least 1");
     }
@@ -189,6 +203,18 @@ pub(super) fn check(raw: ConfigFile, locate: &Locator<'_>) -> Result<Config, Vec
             id: raw.device.id.map(Spanned::into_inner),
             tenant_id: raw.device.tenant_id,
             device_type: raw.device.device_type,
+            identity: raw.device.identity.map(Spanned::into_inner),
+        },
+        inventory: Inventory {
+            builtin: raw.inventory.builtin,
+            scripts_dirs: raw
+                .inventory
+                .scripts_dirs
+                .iter()
+                .map(|d| c.resolve(d))
+                .collect(),
+            interval: raw.inventory.interval.into_inner().0,
+            script_timeout: raw.inventory.script_timeout.into_inner().0,
         },
         storage: Storage {
             path: c.resolve(&raw.storage.path),

@@ -18,9 +18,7 @@ pub(super) struct ConfigFile {
     pub storage: StorageFile,
     #[serde(default)]
     pub ingest: IngestFile,
-    /// Checked for its keys now; collected by the inventory source.
     #[serde(default)]
-    #[allow(dead_code)]
     pub inventory: InventoryFile,
     #[serde(default)]
     pub log: LogFile,
@@ -36,8 +34,7 @@ pub(super) struct DeviceFile {
     pub id: Option<Spanned<String>>,
     pub tenant_id: Option<String>,
     pub device_type: Option<String>,
-    #[allow(dead_code)]
-    pub identity: Option<BTreeMap<String, String>>,
+    pub identity: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 /// How hard the outbox works to keep the last moments before a power cut.
@@ -152,18 +149,41 @@ fn default_max_connections() -> u32 {
     256
 }
 
-/// `[inventory]`: read and checked now, collected by the inventory source.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct InventoryFile {
-    #[allow(dead_code)]
-    pub builtin: Option<bool>,
-    #[allow(dead_code)]
-    pub scripts_dirs: Option<Vec<PathBuf>>,
-    #[allow(dead_code)]
-    pub interval: Option<Span>,
-    #[allow(dead_code)]
-    pub script_timeout: Option<Span>,
+    #[serde(default = "yes")]
+    pub builtin: bool,
+    #[serde(default = "default_scripts_dirs")]
+    pub scripts_dirs: Vec<PathBuf>,
+    #[serde(default = "default_interval")]
+    pub interval: Spanned<Span>,
+    #[serde(default = "default_script_timeout")]
+    pub script_timeout: Spanned<Span>,
+}
+
+impl Default for InventoryFile {
+    fn default() -> Self {
+        InventoryFile {
+            builtin: true,
+            scripts_dirs: default_scripts_dirs(),
+            interval: default_interval(),
+            script_timeout: default_script_timeout(),
+        }
+    }
+}
+
+fn default_scripts_dirs() -> Vec<PathBuf> {
+    vec![
+        PathBuf::from("/etc/edgehook/inventory.d"),
+        PathBuf::from("/usr/share/mender/inventory"),
+    ]
+}
+fn default_interval() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(30 * 60)))
+}
+fn default_script_timeout() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(10)))
 }
 
 /// The log level.

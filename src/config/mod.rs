@@ -5,6 +5,7 @@ mod check;
 mod file;
 pub mod units;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +27,8 @@ pub struct Config {
     pub storage: Storage,
     /// `[ingest]`.
     pub ingest: Ingest,
+    /// `[inventory]`.
+    pub inventory: Inventory,
     /// `[log]` level.
     pub log_level: LogLevel,
     /// How long in-flight attempts may take to finish at shutdown (`[daemon] shutdown_timeout`).
@@ -43,6 +46,21 @@ pub struct Device {
     pub tenant_id: Option<String>,
     /// The device type.
     pub device_type: Option<String>,
+    /// `identity_data` of `device-provisioned`; `None` means the primary MAC address.
+    pub identity: Option<BTreeMap<String, String>>,
+}
+
+/// `[inventory]`.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    /// Collect the built-in attributes.
+    pub builtin: bool,
+    /// Directories searched for inventory scripts, in order.
+    pub scripts_dirs: Vec<PathBuf>,
+    /// How often the inventory is collected.
+    pub interval: Duration,
+    /// How long one script may run before it and its children are killed.
+    pub script_timeout: Duration,
 }
 
 /// `[storage]`.

@@ -12,11 +12,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ConfigError};
 use crate::outbox::{Opened, Outbox, Route, StoreError, now_ms};
 use crate::sinks::{SinkError, SinkRunner};
+use crate::sources::control::{self, Op};
+use crate::sources::device::DeviceSource;
 use crate::sources::ingest::{self, BindError, Ingest};
 use crate::wake::Wake;
 
@@ -48,6 +50,7 @@ struct Pipeline {
     sinks: Mutex<Vec<SinkRunner>>,
     shutdown_timeout: Mutex<Duration>,
     config_path: PathBuf,
+    control: mpsc::Sender<control::Request>,
 }
 
 impl Pipeline {
@@ -120,6 +123,11 @@ impl Pipeline {
             }
             Err(e) => log::error!("Reload failed, no sink is running until the next reload: {e}"),
         }
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let _ = self.control.blocking_send(control::Request {
+            op: Op::Reload(Box::new(config)),
+            reply,
+        });
     }
 }
 
@@ -163,6 +171,13 @@ pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             aside.display()
         );
     }
+    let (control_tx, control_rx) = mpsc::channel(64);
+    let device = DeviceSource::new(
+        outbox.clone(),
+        opened.device_id.clone(),
+        &config,
+        opened.facts.clone(),
+    );
     let pipeline = Arc::new(Pipeline {
         outbox: outbox.clone(),
         opened,
@@ -170,6 +185,7 @@ pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sinks: Mutex::new(Vec::new()),
         shutdown_timeout: Mutex::new(config.shutdown_timeout),
         config_path: config.path.clone(),
+        control: control_tx,
     });
     let runners = pipeline.start_sinks(&config)?;
     let sink_count = runners.len();
@@ -187,7 +203,13 @@ pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.ingest.socket.display()
     );
     let socket_path = config.ingest.socket.clone();
-    let result = runtime.block_on(serve(pipeline.clone(), listener, &config, shutdown));
+    let result = runtime.block_on(serve(
+        pipeline.clone(),
+        listener,
+        &config,
+        (device, control_rx),
+        shutdown,
+    ));
     systemd::stopping();
     let timeout = *pipeline
         .shutdown_timeout
@@ -198,7 +220,9 @@ pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         std::mem::take(&mut *pipeline.sinks.lock().unwrap_or_else(|p| p.into_inner())),
         deadline,
     );
-    drop(runtime);
+    // An inventory script still running was told to stop with the pipeline; its thread is
+    // not waited for beyond this.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = std::fs::remove_file(&socket_path);
     drop(pipeline);
     drop(outbox);
@@ -225,6 +249,7 @@ async fn serve(
     pipeline: Arc<Pipeline>,
     listener: std::os::unix::net::UnixListener,
     config: &Config,
+    (mut device, control_rx): (DeviceSource, mpsc::Receiver<control::Request>),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let listener = tokio::net::UnixListener::from_std(listener)
@@ -234,7 +259,12 @@ async fn serve(
         outbox: pipeline.outbox.clone(),
         max_line: config.ingest.max_event_bytes as usize,
         max_connections: config.ingest.max_connections as usize,
+        control: pipeline.control.clone(),
     });
+    // The first start's `device-provisioned` goes into the outbox before any other event.
+    device.start().await;
+    let cancel_device = device.cancel_flag();
+    let device_task = tokio::spawn(device.run(control_rx, stop_rx.clone()));
     let server = tokio::spawn(ingest::serve(listener, ingest, stop_rx));
     let outbox = pipeline.outbox.clone();
     outbox.expire(now_ms()).await;
@@ -280,12 +310,14 @@ async fn serve(
         }
     }
     log::info!("Stopping: no new events are taken");
+    cancel_device.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let timeout = *pipeline
         .shutdown_timeout
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     let _ = tokio::time::timeout(timeout, server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), device_task).await;
     Ok(())
 }
 

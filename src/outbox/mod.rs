@@ -84,6 +84,9 @@ pub enum AppendError {
     /// `when_full = "reject-new"` and a bound is reached (or the event alone exceeds `max_bytes`).
     #[error("the outbox is full")]
     Full,
+    /// The device is decommissioned: local applications' events are refused.
+    #[error("the device is decommissioned")]
+    Decommissioned,
     /// The write failed; nothing was stored.
     #[error("storage error: {0}")]
     Storage(String),
@@ -216,8 +219,65 @@ pub struct Totals {
     pub dropped: i64,
 }
 
+/// A fact about the device the outbox keeps, so that a restart neither forgets nor repeats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    /// `provisioned` or `decommissioned`.
+    Lifecycle,
+    /// The last status announced by `device-status-changed` (or implied by the lifecycle).
+    Status,
+    /// The last inventory emitted, as the JSON of its attribute list.
+    Inventory,
+}
+
+impl Fact {
+    fn key(self) -> &'static str {
+        match self {
+            Fact::Lifecycle => "lifecycle",
+            Fact::Status => "device_status",
+            Fact::Inventory => "inventory",
+        }
+    }
+}
+
+/// The lifecycle value of a decommissioned device.
+pub const DECOMMISSIONED: &str = "decommissioned";
+
+/// A change of a kept fact and the event announcing it, stored in one transaction: the event
+/// is stored only when the fact changes, and the fact changes only when the event is stored.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The fact.
+    pub fact: Fact,
+    /// Its new value.
+    pub value: String,
+    /// Change it only when it was never set (the first start's `device-provisioned`).
+    pub only_if_unset: bool,
+    /// Other facts set along with it.
+    pub also: Vec<(Fact, String)>,
+    /// The event announcing the change.
+    pub event: NewEvent,
+}
+
+/// The device facts found when the outbox was opened.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFacts {
+    /// `provisioned` or `decommissioned`; `None` before the first `device-provisioned`.
+    pub lifecycle: Option<String>,
+    /// The last announced status.
+    pub status: Option<String>,
+    /// The id of the device's authentication set (generated once, like the device id).
+    pub auth_set_id: String,
+    /// When the outbox, and so the device as edgehook knows it, was created (Unix ms).
+    pub created_ms: i64,
+}
+
 enum Command {
     Append(NewEvent, oneshot::Sender<Result<Appended, AppendError>>),
+    Transition(
+        Transition,
+        oneshot::Sender<Result<Option<Appended>, AppendError>>,
+    ),
     Fetch {
         sink: SinkId,
         after: i64,
@@ -239,6 +299,8 @@ pub struct Opened {
     pub moved_aside: Option<PathBuf>,
     /// The outbox was created now.
     pub created: bool,
+    /// What the outbox keeps about the device.
+    pub facts: DeviceFacts,
 }
 
 /// A handle to the outbox thread; cheap to clone. The thread ends when every handle is gone.
@@ -283,6 +345,18 @@ impl Outbox {
         // If the outbox is closed the reply sender is dropped and the receiver reports it.
         let _ = self.tx.send(Command::Append(event, reply)).await;
         rx
+    }
+
+    /// Applies `t`: when its fact changes, stores its event and the new value together.
+    /// Resolves to the stored event, or `None` when nothing changed.
+    pub async fn transition(&self, t: Transition) -> Result<Option<Appended>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Transition(t, reply))
+            .await
+            .map_err(|_| AppendError::Storage("the outbox is closed".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(AppendError::Storage("the outbox is closed".into())))
     }
 
     /// Stores an event from a plain thread.

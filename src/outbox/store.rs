@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendError, Appended, Command, Delivery, Opened, Report, Route, SinkId, SinkState, StoreError,
-    Totals, schema,
+    AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Opened, Report,
+    Route, SinkId, SinkState, StoreError, Totals, Transition, schema,
 };
 use crate::config::{Storage, WhenFull};
 
@@ -41,11 +41,32 @@ pub(super) struct Store {
     dirty: BTreeSet<SinkId>,
     routes: Vec<(SinkId, Route)>,
     to_wake: BTreeSet<SinkId>,
+    /// Local applications' events are refused.
+    decommissioned: bool,
 }
 
-fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+fn meta_get<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    key: &str,
+) -> rusqlite::Result<Option<T>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
+}
+
+fn meta_set(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+        .execute(params![key, value])?;
+    Ok(())
+}
+
+/// The value kept under `key`, generated and kept on first use.
+fn meta_once(conn: &Connection, key: &str, make: impl FnOnce() -> String) -> rusqlite::Result<String> {
+    if let Some(v) = meta_get(conn, key)? {
+        return Ok(v);
+    }
+    let v = make();
+    meta_set(conn, key, &v)?;
+    Ok(v)
 }
 
 impl Store {
@@ -56,33 +77,25 @@ impl Store {
         let path = limits.path.clone();
         let (conn, moved_aside) = schema::open_rw(&path, limits.durability)?;
         let err = |e| StoreError::sqlite(&limits.path, e);
-        let created = meta_get(&conn, "created_ms").map_err(err)?.is_none();
-        let kept: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'device_id'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(err)?;
-        let device_id = match (configured_device_id, kept) {
-            (Some(id), _) => id.to_string(),
-            (None, Some(id)) => id,
-            (None, None) => {
-                let id = uuid::Uuid::new_v4().to_string();
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('device_id', ?1)",
-                    [&id],
-                )
-                .map_err(err)?;
-                id
+        let kept_created: Option<i64> = meta_get(&conn, "created_ms").map_err(err)?;
+        let created = kept_created.is_none();
+        let new_id = || uuid::Uuid::new_v4().to_string();
+        let kept_id = meta_once(&conn, "device_id", new_id).map_err(err)?;
+        let device_id = configured_device_id.map_or(kept_id, str::to_string);
+        let created_ms = match kept_created {
+            Some(ms) => ms,
+            None => {
+                let ms = super::now_ms();
+                meta_set(&conn, "created_ms", ms).map_err(err)?;
+                ms
             }
         };
-        if created {
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('created_ms', ?1)",
-                [super::now_ms()],
-            )
-            .map_err(err)?;
-        }
+        let facts = DeviceFacts {
+            lifecycle: meta_get(&conn, Fact::Lifecycle.key()).map_err(err)?,
+            status: meta_get(&conn, Fact::Status.key()).map_err(err)?,
+            auth_set_id: meta_once(&conn, "auth_set_id", new_id).map_err(err)?,
+            created_ms,
+        };
         let events = meta_get(&conn, "event_count").map_err(err)?.unwrap_or(0);
         let bytes = meta_get(&conn, "event_bytes").map_err(err)?.unwrap_or(0);
         let dropped = meta_get(&conn, "dropped").map_err(err)?.unwrap_or(0);
@@ -98,6 +111,7 @@ impl Store {
             dirty: BTreeSet::new(),
             routes: Vec::new(),
             to_wake: BTreeSet::new(),
+            decommissioned: facts.lifecycle.as_deref() == Some(DECOMMISSIONED),
         };
         store.load_sinks().map_err(err)?;
         Ok((
@@ -106,6 +120,7 @@ impl Store {
                 device_id,
                 moved_aside,
                 created,
+                facts,
             },
         ))
     }
@@ -166,12 +181,22 @@ impl Store {
                 oneshot::Sender<Result<Vec<SinkId>, String>>,
                 Result<Vec<SinkId>, String>,
             ),
+            Transition(
+                oneshot::Sender<Result<Option<Appended>, AppendError>>,
+                Result<Option<Appended>, AppendError>,
+            ),
             Done(oneshot::Sender<()>),
             Totals(oneshot::Sender<Totals>),
         }
         let mut answers = Vec::with_capacity(batch.len());
         let began = self.conn.execute_batch("BEGIN IMMEDIATE");
-        let snapshot = (self.events, self.bytes, self.dropped, self.sinks.clone());
+        let snapshot = (
+            self.events,
+            self.bytes,
+            self.dropped,
+            self.sinks.clone(),
+            self.decommissioned,
+        );
         let mut failure: Option<String> = began.err().map(|e| e.to_string());
         for cmd in batch.drain(..) {
             if let Some(f) = &failure {
@@ -179,6 +204,10 @@ impl Store {
                     Command::Append(_, reply) => {
                         answers.push(Answer::Append(reply, Err(AppendError::Storage(f.clone()))))
                     }
+                    Command::Transition(_, reply) => answers.push(Answer::Transition(
+                        reply,
+                        Err(AppendError::Storage(f.clone())),
+                    )),
                     Command::Fetch { reply, .. } => {
                         answers.push(Answer::Fetch(reply, Err(f.clone())))
                     }
@@ -199,6 +228,19 @@ impl Store {
                     }
                     Err(e) => {
                         answers.push(Answer::Append(
+                            reply,
+                            Err(AppendError::Storage(e.to_string())),
+                        ));
+                        Err(e)
+                    }
+                },
+                Command::Transition(t, reply) => match self.transition(t) {
+                    Ok(r) => {
+                        answers.push(Answer::Transition(reply, r));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        answers.push(Answer::Transition(
                             reply,
                             Err(AppendError::Storage(e.to_string())),
                         ));
@@ -250,7 +292,13 @@ impl Store {
         if let Some(f) = &failure {
             log::error!(path:% = self.path.display(); "Outbox transaction failed; nothing in it was acknowledged: {f}");
             let _ = self.conn.execute_batch("ROLLBACK");
-            (self.events, self.bytes, self.dropped, self.sinks) = snapshot;
+            (
+                self.events,
+                self.bytes,
+                self.dropped,
+                self.sinks,
+                self.decommissioned,
+            ) = snapshot;
             self.dirty.clear();
             self.to_wake.clear();
         }
@@ -258,6 +306,13 @@ impl Store {
         for a in answers {
             match a {
                 Answer::Append(reply, r) => {
+                    let r = match (&failure, r) {
+                        (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
+                        (_, r) => r,
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Transition(reply, r) => {
                     let r = match (&failure, r) {
                         (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
                         (_, r) => r,
@@ -302,10 +357,38 @@ impl Store {
         }
     }
 
+    /// Stores `t.event` and the new value of `t.fact` when the fact changes.
+    fn transition(&mut self, t: Transition) -> rusqlite::Result<Result<Option<Appended>, AppendError>> {
+        let current: Option<String> = meta_get(&self.conn, t.fact.key())?;
+        let changed = match current {
+            None => true,
+            Some(_) if t.only_if_unset => false,
+            Some(v) => v != t.value,
+        };
+        if !changed {
+            return Ok(Ok(None));
+        }
+        let appended = match self.append(t.event)? {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
+        for (fact, value) in std::iter::once((t.fact, t.value)).chain(t.also) {
+            if fact == Fact::Lifecycle {
+                self.decommissioned = value == DECOMMISSIONED;
+            }
+            meta_set(&self.conn, fact.key(), value)?;
+        }
+        Ok(Ok(Some(appended)))
+    }
+
     fn append(
         &mut self,
         event: crate::event::NewEvent,
     ) -> rusqlite::Result<Result<Appended, AppendError>> {
+        if self.decommissioned && !crate::event::BUILT_IN_TYPES.contains(&event.event_type.as_str())
+        {
+            return Ok(Err(AppendError::Decommissioned));
+        }
         let targets: Vec<SinkId> = self
             .routes
             .iter()

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::bytes::{Bytes, BytesMut};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 
+use super::control::{self, Answer, Op};
 use crate::event;
 use crate::outbox::{AppendError, Appended, Outbox};
 
@@ -32,6 +33,8 @@ pub struct Ingest {
     pub max_line: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Where control requests go.
+    pub control: mpsc::Sender<control::Request>,
 }
 
 /// Why the socket could not be set up.
@@ -128,6 +131,7 @@ async fn refuse(mut stream: UnixStream) {
 enum Pending {
     Ready(Vec<u8>),
     Append(oneshot::Receiver<Result<Appended, AppendError>>),
+    Control(oneshot::Receiver<Answer>),
 }
 
 async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
@@ -140,6 +144,7 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
             let line = match p {
                 Pending::Ready(line) => line,
                 Pending::Append(answer) => append_reply(answer.await),
+                Pending::Control(answer) => control_reply(answer.await),
             };
             if out.write_all(&line).await.is_err() {
                 return;
@@ -226,6 +231,7 @@ struct Request<'a> {
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     id: Option<String>,
+    status: Option<String>,
 }
 
 /// Turns one line into its answer (or `None` for a blank line, which is no request).
@@ -247,6 +253,15 @@ async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
     match req.op {
         Some("emit") | None => {}
         Some("ping") => return Some(Pending::Ready(b"{\"ok\":true}\n".to_vec())),
+        Some("set-status") => {
+            let Some(status) = req.status else {
+                return ready("invalid", "`set-status` needs a `status`");
+            };
+            return Some(ask(ingest, Op::SetStatus(status)).await);
+        }
+        Some("decommission") => return Some(ask(ingest, Op::Decommission).await),
+        Some("provision") => return Some(ask(ingest, Op::Provision).await),
+        Some("inventory-refresh") => return Some(ask(ingest, Op::InventoryRefresh).await),
         Some(op) => {
             let op: String = op.chars().take(64).collect();
             return ready("unknown_op", &format!("unknown op `{op}`"));
@@ -269,6 +284,28 @@ async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
     Some(Pending::Append(ingest.outbox.submit(ev).await))
 }
 
+async fn ask(ingest: &Ingest, op: Op) -> Pending {
+    let (reply, rx) = oneshot::channel();
+    // If the daemon is stopping the request is dropped, and so is `reply`: the answer says so.
+    let _ = ingest.control.send(control::Request { op, reply }).await;
+    Pending::Control(rx)
+}
+
+fn control_reply(answer: Result<Answer, oneshot::error::RecvError>) -> Vec<u8> {
+    match answer {
+        Ok(Ok(mut fields)) => {
+            let mut v = serde_json::Map::new();
+            v.insert("ok".into(), true.into());
+            v.append(&mut fields);
+            let mut line = serde_json::to_vec(&v).expect("a Map serialises");
+            line.push(b'\n');
+            line
+        }
+        Ok(Err(refusal)) => reply_err(refusal.code, &refusal.error),
+        Err(_) => reply_err("internal", "the daemon is stopping; nothing was done"),
+    }
+}
+
 fn append_reply(
     answer: Result<Result<Appended, AppendError>, oneshot::error::RecvError>,
 ) -> Vec<u8> {
@@ -280,6 +317,10 @@ fn append_reply(
             line
         }
         Ok(Err(AppendError::Full)) => reply_err("full", "the outbox is full"),
+        Ok(Err(AppendError::Decommissioned)) => reply_err(
+            "decommissioned",
+            "the device is decommissioned; events are refused until `edgehook provision`",
+        ),
         // The detail is in the daemon's log; a client only learns that nothing was stored.
         Ok(Err(AppendError::Storage(_))) => {
             reply_err("internal", "storage error: the event was not stored")

@@ -1,0 +1,75 @@
+//! `edgehook inventory [--refresh] [--json]`: collect and print the inventory here, or make
+//! the daemon collect it and emit it if it changed.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::json;
+
+use super::exit::{Code, Failure};
+use super::table::Table;
+use crate::outbox::{open_ro, read_report};
+use crate::sources::inventory;
+
+/// Arguments of `inventory`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  edgehook inventory\n  edgehook inventory --json | jq '.inventory[] | select(.name == \"hostname\")'\n  edgehook inventory --refresh"
+)]
+pub struct Args {
+    /// Make the running daemon collect the inventory now and emit it if it changed
+    #[arg(long)]
+    pub refresh: bool,
+    /// One JSON document on standard output: the `data` of devices-inventory-changed
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
+    if a.refresh {
+        return refresh(config_path, a.json);
+    }
+    let config = super::load(config_path)?;
+    let collected = inventory::collect(&config.inventory, &config.device, &AtomicBool::new(false));
+    for w in &collected.warnings {
+        eprintln!("edgehook: warning: {w}");
+    }
+    if a.json {
+        // The device id is the configured one, or the one the outbox keeps (none before the
+        // daemon's first start).
+        let device_id = match &config.device.id {
+            Some(id) => Some(id.clone()),
+            None => open_ro(&config.storage.path)?
+                .map(|conn| read_report(&conn))
+                .transpose()?
+                .and_then(|r| r.device_id),
+        };
+        let data = collected
+            .inventory
+            .event_data(device_id.as_deref(), config.device.tenant_id.as_deref());
+        println!(
+            "{}",
+            serde_json::to_string(&data).expect("inventory data serialises")
+        );
+        return Ok(Code::Ok);
+    }
+    let mut table = Table::new(&["NAME", "VALUE"]);
+    for (name, attr) in &collected.inventory.attributes {
+        table.row(vec![name.clone(), attr.values.join(", ")]);
+    }
+    print!("{}", table.render());
+    Ok(Code::Ok)
+}
+
+fn refresh(config_path: &Path, as_json: bool) -> Result<Code, Failure> {
+    let reply = super::ask_daemon(config_path, &json!({"op": "inventory-refresh"}))?;
+    let changed = reply["changed"] == true;
+    if as_json {
+        println!("{}", json!({"changed": changed, "id": reply.get("id")}));
+    } else if let (true, Some(id)) = (changed, reply["id"].as_str()) {
+        println!("Inventory changed: event {id}");
+    } else {
+        println!("Inventory unchanged; nothing emitted");
+    }
+    Ok(Code::Ok)
+}

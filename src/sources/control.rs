@@ -1,0 +1,53 @@
+//! Control requests that arrive on the socket beside events (`set-status`, `decommission`,
+//! `provision`, `inventory-refresh`) and go to the part of the daemon that owns them.
+
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+
+/// What is asked.
+#[derive(Debug)]
+pub enum Op {
+    /// Announce a new device status.
+    SetStatus(String),
+    /// Stop the sources and refuse local events; the backlog still drains.
+    Decommission,
+    /// Undo `Decommission`.
+    Provision,
+    /// Collect the inventory now, and emit it if it changed.
+    InventoryRefresh,
+    /// The config was reloaded (from SIGHUP, never from the socket).
+    Reload(Box<Config>),
+}
+
+/// A refused request: the socket's error code and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `invalid`, `full`, `decommissioned` or `internal`.
+    pub code: &'static str,
+    /// What to tell the client.
+    pub error: String,
+}
+
+impl Refusal {
+    /// A refusal with `code`.
+    pub fn new(code: &'static str, error: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+/// The fields of an `{"ok":true, …}` reply, or a refusal.
+pub type Answer = Result<Map<String, Value>, Refusal>;
+
+/// One request with where its answer goes.
+#[derive(Debug)]
+pub struct Request {
+    /// What is asked.
+    pub op: Op,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Answer>,
+}
