@@ -22,8 +22,13 @@ fn demo_shows_every_sample_event_verified_and_exits_by_itself() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(text.matches("✓ received").count(), 4, "{text}");
+    assert_eq!(text.matches("✓ received").count(), 6, "{text}");
     assert!(text.contains("4 of 4 events delivered"), "{text}");
+    assert!(text.contains("✓ received  device-provisioned"), "{text}");
+    assert!(
+        text.contains("✓ received  devices-inventory-changed"),
+        "{text}"
+    );
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("WARN"),
         "the demo runs without warnings"

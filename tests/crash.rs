@@ -69,7 +69,9 @@ fn kill_9_twenty_times_while_draining_loses_no_acknowledged_event() {
         }
         highest = Some(highest.map_or(pos, |h| h.max(pos)));
     }
-    assert!(runs <= kills + 1, "{runs} runs for {kills} kills");
+    // Each kill starts one new run; the request the killed process had sent may also complete
+    // late at the receiver, after the new process sent it again, which looks like one more.
+    assert!(runs <= 2 * kills + 1, "{runs} runs for {kills} kills");
     assert!(duplicates <= kills * 64, "{duplicates} duplicates");
     eprintln!(
         "{} arrivals for {total} events, {duplicates} duplicates over {kills} kills",

@@ -36,7 +36,12 @@ pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
             SinkKind::Http { .. } => "http",
             SinkKind::Mqtt(_) => "mqtt",
         };
-        let events: Vec<String> = s.events.iter().map(|p| p.as_str().to_string()).collect();
+        let events: Vec<String> = s
+            .events
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .chain(s.exclude.iter().map(|p| format!("!{}", p.as_str())))
+            .collect();
         println!(
             "sink     {} {} {}: {} signing, events {}, max_in_flight {}{}",
             s.name,

@@ -56,7 +56,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         .flatten()
         .map_or_else(|| "edgehook".to_string(), |g| g.name);
     let config_text = format!(
-        "[storage]\npath = \"outbox.db\"\n\n[ingest]\nsocket = \"ingest.sock\"\ngroup = \"{group}\"\n\n[[sink]]\nname = \"demo\"\nurl = \"{url}\"\n[sink.signing]\nscheme = \"standard\"\nsecret_file = \"demo.secret\"\n[sink.retry]\ninitial = \"200ms\"\nmax = \"2s\"\n"
+        "[storage]\npath = \"outbox.db\"\n\n[ingest]\nsocket = \"ingest.sock\"\ngroup = \"{group}\"\n\n[[sink]]\nname = \"demo\"\nurl = \"{url}\"\n[sink.signing]\nscheme = \"standard\"\nsecret_file = \"demo.secret\"\n[sink.retry]\ninitial = \"200ms\"\nmax = \"2s\"\n\n[inventory]\nscripts_dirs = []\n"
     );
     let config_path = dir.join("edgehook.toml");
     std::fs::write(dir.join("demo.secret"), &secret).map_err(|e| fail(e.to_string()))?;
@@ -106,11 +106,13 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     let flag = interrupted.clone();
     let _ = ctrlc_flag(flag);
     let total = a.events;
-    let (mut emitted, mut received) = (0u64, 0u64);
+    let (mut emitted, mut received, mut own) = (0u64, 0u64, 0u64);
     let mut sent_at = std::collections::HashMap::new();
-    while total.is_none_or(|n| received < n)
-        && !interrupted.load(std::sync::atomic::Ordering::SeqCst)
-    {
+    // edgehook's own first events: device-provisioned and the built-in inventory.
+    let own_expected = 2;
+    let done =
+        |received: u64, own: u64| total.is_some_and(|n| received >= n) && own >= own_expected;
+    while !done(received, own) && !interrupted.load(std::sync::atomic::Ordering::SeqCst) {
         if total.is_none_or(|n| emitted < n) {
             let (t, data) = SAMPLES[(emitted as usize) % SAMPLES.len()];
             let data: serde_json::Value = serde_json::from_str(data).expect("samples are JSON");
@@ -128,15 +130,25 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         while let Ok((id, t)) =
             got_rx.recv_timeout(wait_until.saturating_duration_since(Instant::now()))
         {
-            received += 1;
-            let ms = sent_at.get(&id).map_or(0, |s| s.elapsed().as_millis());
-            println!("  ✓ received  {t:<20} {id}  signature verified, {ms} ms after emit");
-            if total.is_some_and(|n| received >= n) {
+            match sent_at.get(&id) {
+                Some(at) => {
+                    received += 1;
+                    let ms = at.elapsed().as_millis();
+                    println!("  ✓ received  {t:<20} {id}  signature verified, {ms} ms after emit");
+                }
+                None => {
+                    own += 1;
+                    println!(
+                        "  ✓ received  {t:<20} {id}  signature verified (edgehook's own event)"
+                    );
+                }
+            }
+            if done(received, own) {
                 break;
             }
         }
         if total.is_some_and(|n| emitted >= n)
-            && received < emitted
+            && (received < emitted || own < own_expected)
             && Instant::now() > deadline + Duration::from_secs(60)
         {
             return Err(fail("events were not received within a minute".into()));
@@ -151,7 +163,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     daemon_result?;
     println!();
     println!(
-        "{received} of {emitted} events delivered, each signed with Standard Webhooks and verified."
+        "{received} of {emitted} events delivered, and {own} of edgehook's own (device-provisioned, devices-inventory-changed), each signed with Standard Webhooks and verified."
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Code::Ok)

@@ -18,7 +18,10 @@ pub struct SetStatusArgs {
 pub(super) fn set_status(config_path: &Path, a: SetStatusArgs) -> Result<Code, Failure> {
     crate::sources::device::check_status(&a.status)
         .map_err(|r| Failure::new(Code::DataErr, r.error))?;
-    let reply = super::ask_daemon(config_path, &json!({"op": "set-status", "status": a.status}))?;
+    let reply = super::ask_daemon(
+        config_path,
+        &json!({"op": "set-status", "status": a.status}),
+    )?;
     report(
         &reply,
         &format!("Status set to {}", a.status),
@@ -37,7 +40,11 @@ pub(super) fn decommission(config_path: &Path) -> Result<Code, Failure> {
 
 pub(super) fn provision(config_path: &Path) -> Result<Code, Failure> {
     let reply = super::ask_daemon(config_path, &json!({"op": "provision"}))?;
-    report(&reply, "Provisioned", "Already provisioned; nothing emitted")
+    report(
+        &reply,
+        "Provisioned",
+        "Already provisioned; nothing emitted",
+    )
 }
 
 fn report(reply: &Value, changed: &str, unchanged: &str) -> Result<Code, Failure> {

@@ -20,8 +20,10 @@ pub struct SinkSpec {
     pub url: String,
     /// Transport-specific settings.
     pub kind: SinkKind,
-    /// Glob patterns over event types.
+    /// Glob patterns over event types; none means every type not excluded.
     pub events: Vec<glob::Pattern>,
+    /// Patterns written with a leading `!`: types matching one never go to this sink.
+    pub exclude: Vec<glob::Pattern>,
     /// A disabled sink receives nothing.
     pub enabled: bool,
     /// Per-attempt timeout.
@@ -84,7 +86,9 @@ pub struct MqttSpec {
 impl SinkSpec {
     /// Whether events of this type go to this sink.
     pub fn wants(&self, event_type: &str) -> bool {
-        self.enabled && self.events.iter().any(|p| p.matches(event_type))
+        self.enabled
+            && !self.exclude.iter().any(|p| p.matches(event_type))
+            && (self.events.is_empty() || self.events.iter().any(|p| p.matches(event_type)))
     }
 
     /// The URL as it may be logged: no credentials, no query string.
@@ -268,12 +272,22 @@ fn check_sink(c: &mut Checker<'_>, s: &SinkFile) -> Option<SinkSpec> {
             format!("sink `{name}`: the url must be http(s)://host/… or mqtt(s)://host:port"),
         );
     }
-    let mut events = Vec::new();
+    let (mut events, mut exclude) = (Vec::new(), Vec::new());
     for p in &s.events {
-        match glob::Pattern::new(p.get_ref()) {
-            Ok(pat) => events.push(pat),
+        let (list, text) = match p.get_ref().strip_prefix('!') {
+            Some(rest) => (&mut exclude, rest),
+            None => (&mut events, p.get_ref().as_str()),
+        };
+        match glob::Pattern::new(text) {
+            Ok(pat) => list.push(pat),
             Err(e) => c.at(p, format!("sink `{name}`: bad event pattern: {e}")),
         }
+    }
+    if s.events.is_empty() {
+        c.at(
+            &s.name,
+            format!("sink `{name}`: `events` is empty; it would receive nothing"),
+        );
     }
     let max_in_flight = match &s.max_in_flight {
         Some(m) if !(1..=64).contains(m.get_ref()) => {
@@ -381,6 +395,7 @@ fn check_sink(c: &mut Checker<'_>, s: &SinkFile) -> Option<SinkSpec> {
         url,
         kind,
         events,
+        exclude,
         enabled: s.enabled,
         timeout: s.timeout.0,
         max_in_flight,

@@ -126,3 +126,19 @@ fn the_shipped_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/edgehook.toml");
     Config::load(&path).unwrap();
 }
+
+#[test]
+fn event_patterns_with_a_bang_exclude_types_from_a_sink() {
+    let c = parse(
+        "[[sink]]\nname = \"a\"\nurl = \"http://h/\"\nevents = [\"*\", \"!device*\"]\n[sink.signing]\nscheme = \"none\"\n\
+         [[sink]]\nname = \"b\"\nurl = \"http://h/\"\nevents = [\"!sensor.*\"]\n[sink.signing]\nscheme = \"none\"\n",
+    )
+    .unwrap();
+    let (a, b) = (&c.sinks[0], &c.sinks[1]);
+    assert!(
+        a.wants("sensor.t")
+            && !a.wants("device-provisioned")
+            && !a.wants("devices-inventory-changed")
+    );
+    assert!(b.wants("device-provisioned") && !b.wants("sensor.t"));
+}

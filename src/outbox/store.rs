@@ -60,7 +60,11 @@ fn meta_set(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> rusqli
 }
 
 /// The value kept under `key`, generated and kept on first use.
-fn meta_once(conn: &Connection, key: &str, make: impl FnOnce() -> String) -> rusqlite::Result<String> {
+fn meta_once(
+    conn: &Connection,
+    key: &str,
+    make: impl FnOnce() -> String,
+) -> rusqlite::Result<String> {
     if let Some(v) = meta_get(conn, key)? {
         return Ok(v);
     }
@@ -358,7 +362,10 @@ impl Store {
     }
 
     /// Stores `t.event` and the new value of `t.fact` when the fact changes.
-    fn transition(&mut self, t: Transition) -> rusqlite::Result<Result<Option<Appended>, AppendError>> {
+    fn transition(
+        &mut self,
+        t: Transition,
+    ) -> rusqlite::Result<Result<Option<Appended>, AppendError>> {
         let current: Option<String> = meta_get(&self.conn, t.fact.key())?;
         let changed = match current {
             None => true,

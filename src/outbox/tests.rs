@@ -255,3 +255,153 @@ fn a_database_from_a_newer_edgehook_is_refused() {
     }
     let _ = Duration::ZERO;
 }
+
+fn transition(fact: Fact, value: &str, only_if_unset: bool, t: &str) -> Transition {
+    Transition {
+        fact,
+        value: value.into(),
+        only_if_unset,
+        also: Vec::new(),
+        event: event(0, t),
+    }
+}
+
+#[test]
+fn a_transition_stores_its_event_only_when_the_fact_changes_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let rt = rt();
+    let first = rt
+        .block_on(outbox.transition(transition(
+            Fact::Status,
+            "pending",
+            false,
+            "device-status-changed",
+        )))
+        .unwrap();
+    assert!(first.is_some());
+    let same = rt
+        .block_on(outbox.transition(transition(
+            Fact::Status,
+            "pending",
+            false,
+            "device-status-changed",
+        )))
+        .unwrap();
+    assert_eq!(same, None);
+    let other = rt
+        .block_on(outbox.transition(transition(
+            Fact::Status,
+            "accepted",
+            false,
+            "device-status-changed",
+        )))
+        .unwrap();
+    assert!(other.is_some());
+    assert_eq!(outbox.fetch_blocking(ids[0], 0, 10).unwrap().len(), 2);
+    close(outbox, thread);
+
+    let (outbox, _, thread) = Outbox::open(&cfg.storage, None).unwrap();
+    let again = rt
+        .block_on(outbox.transition(transition(
+            Fact::Status,
+            "accepted",
+            false,
+            "device-status-changed",
+        )))
+        .unwrap();
+    assert_eq!(again, None, "the last status is kept across a reopen");
+    close(outbox, thread);
+    assert_eq!(
+        report(dir.path()).device_status.as_deref(),
+        Some("accepted")
+    );
+}
+
+#[test]
+fn a_first_time_transition_happens_once_even_when_its_value_changes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, _, thread) = open(&cfg);
+    let rt = rt();
+    let provision = |v: &str| transition(Fact::Lifecycle, v, true, "device-provisioned");
+    assert!(
+        rt.block_on(outbox.transition(provision("provisioned")))
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        rt.block_on(outbox.transition(provision("provisioned")))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        rt.block_on(outbox.transition(provision("other"))).unwrap(),
+        None
+    );
+    close(outbox, thread);
+}
+
+#[test]
+fn a_decommissioned_outbox_refuses_local_events_but_keeps_edgehooks_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let rt = rt();
+    outbox.append_blocking(event(1, "app.before")).unwrap();
+    let mut t = transition(
+        Fact::Lifecycle,
+        DECOMMISSIONED,
+        false,
+        "device-decommissioned",
+    );
+    t.also = vec![(Fact::Status, DECOMMISSIONED.into())];
+    rt.block_on(outbox.transition(t)).unwrap().unwrap();
+    assert_eq!(
+        outbox.append_blocking(event(2, "app.after")),
+        Err(AppendError::Decommissioned)
+    );
+    close(outbox, thread);
+    // Still refused after a restart; the backlog is still there to drain.
+    let (outbox, _, thread) = Outbox::open(&cfg.storage, None).unwrap();
+    assert_eq!(
+        outbox.append_blocking(event(3, "app.after")),
+        Err(AppendError::Decommissioned)
+    );
+    let types: Vec<String> = outbox
+        .fetch_blocking(ids[0], 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.event_type)
+        .collect();
+    assert_eq!(types, ["app.before", "device-decommissioned"]);
+    let back = transition(Fact::Lifecycle, "provisioned", false, "device-provisioned");
+    rt.block_on(outbox.transition(back)).unwrap().unwrap();
+    outbox.append_blocking(event(4, "app.later")).unwrap();
+    close(outbox, thread);
+    assert_eq!(
+        report(dir.path()).device_status.as_deref(),
+        Some(DECOMMISSIONED)
+    );
+}
+
+#[test]
+fn a_refused_transition_event_leaves_the_fact_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "max_events = 1\nwhen_full = \"reject-new\"",
+        &[("a", "\"*\"")],
+    );
+    let (outbox, _, thread) = open(&cfg);
+    let rt = rt();
+    outbox.append_blocking(event(1, "app.fill")).unwrap();
+    let t = transition(Fact::Status, "pending", false, "device-status-changed");
+    assert_eq!(
+        rt.block_on(outbox.transition(t.clone())),
+        Err(AppendError::Full)
+    );
+    close(outbox, thread);
+    assert_eq!(report(dir.path()).device_status, None);
+}

@@ -16,9 +16,7 @@ use super::control::{Answer, Op, Refusal, Request};
 use super::inventory::{self, builtin};
 use crate::config::{self, Config};
 use crate::event;
-use crate::outbox::{
-    AppendError, Appended, DECOMMISSIONED, DeviceFacts, Fact, Outbox, Transition,
-};
+use crate::outbox::{AppendError, Appended, DECOMMISSIONED, DeviceFacts, Fact, Outbox, Transition};
 
 /// The lifecycle value of a provisioned device.
 const PROVISIONED: &str = "provisioned";
@@ -82,7 +80,9 @@ impl DeviceSource {
             return;
         }
         match self.provision(true).await {
-            Ok(Some(a)) => log::info!(event_id = a.id.as_str(); "Device {} provisioned", self.device_id),
+            Ok(Some(a)) => {
+                log::info!(event_id = a.id.as_str(); "Device {} provisioned", self.device_id)
+            }
             Ok(None) => {}
             Err(e) => log::error!(
                 "Cannot store device-provisioned ({e}); it is announced at the next start"
@@ -150,7 +150,12 @@ impl DeviceSource {
                     value: status.clone(),
                     only_if_unset: false,
                     also: Vec::new(),
-                    event: event::build_value(None, "device-status-changed", &data, SystemTime::now()),
+                    event: event::build_value(
+                        None,
+                        "device-status-changed",
+                        &data,
+                        SystemTime::now(),
+                    ),
                 };
                 let done = self.outbox.transition(t).await.map_err(refusal)?;
                 if let Some(a) = &done {
@@ -170,7 +175,12 @@ impl DeviceSource {
                         (Fact::Status, DECOMMISSIONED.into()),
                         (Fact::Inventory, String::new()),
                     ],
-                    event: event::build_value(None, "device-decommissioned", &data, SystemTime::now()),
+                    event: event::build_value(
+                        None,
+                        "device-decommissioned",
+                        &data,
+                        SystemTime::now(),
+                    ),
                 };
                 let done = self.outbox.transition(t).await.map_err(refusal)?;
                 if let Some(a) = &done {

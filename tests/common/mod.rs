@@ -74,11 +74,19 @@ impl Setup {
         s
     }
 
-    /// Rewrites the config with the same outbox and socket and a new `rest`.
+    /// Rewrites the config with the same outbox and socket and a new `rest`. The inventory is
+    /// off unless `rest` has an `[inventory]` section, and a sink without `events` gets
+    /// `["*", "!device*"]`, so tests of the pipeline see only their own events.
     pub fn write_config(&self, rest: &str) {
+        let rest = &without_device_events(rest);
         let d = self.dir.path().display();
+        let inventory = if rest.contains("[inventory]") {
+            ""
+        } else {
+            "[inventory]\nbuiltin = false\nscripts_dirs = []\n"
+        };
         let text = format!(
-            "[storage]\npath = \"{d}/outbox.db\"\n[ingest]\nsocket = \"{d}/ingest.sock\"\n[daemon]\nshutdown_timeout = \"2s\"\n{rest}"
+            "[storage]\npath = \"{d}/outbox.db\"\n[ingest]\nsocket = \"{d}/ingest.sock\"\n[daemon]\nshutdown_timeout = \"2s\"\n{inventory}{rest}"
         );
         std::fs::write(&self.config, text).expect("config written");
     }
@@ -121,6 +129,34 @@ impl Setup {
     pub fn client(&self) -> Client {
         Client::connect(&self.socket()).expect("the daemon answers")
     }
+}
+
+/// `rest` with `events = ["*", "!device*"]` in each `[[sink]]` that has no `events` key.
+fn without_device_events(rest: &str) -> String {
+    let mut out = String::new();
+    let mut lines = rest.lines().peekable();
+    while let Some(line) = lines.next() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim() != "[[sink]]" {
+            continue;
+        }
+        let mut section = Vec::new();
+        while let Some(next) = lines.peek() {
+            if next.trim_start().starts_with('[') {
+                break;
+            }
+            section.push(lines.next().expect("peeked"));
+        }
+        if !section.iter().any(|l| l.trim_start().starts_with("events")) {
+            out.push_str("events = [\"*\", \"!device*\"]\n");
+        }
+        for l in section {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A sink section for an HTTP receiver with Standard Webhooks signing and quick retries.

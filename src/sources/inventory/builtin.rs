@@ -55,7 +55,10 @@ pub fn collect(
         "artifact_name",
         key_in_file(root, "etc/mender/artifact_info", "artifact_name"),
     );
-    one("edgehook_version", Some(env!("CARGO_PKG_VERSION").to_string()));
+    one(
+        "edgehook_version",
+        Some(env!("CARGO_PKG_VERSION").to_string()),
+    );
     let interfaces = interfaces(root);
     for name in &interfaces {
         let mac = read_trimmed(root, &format!("sys/class/net/{name}/address"))
@@ -128,17 +131,16 @@ pub fn local_addresses() -> Vec<Address> {
     list.filter_map(|a| {
         let address = a.address?;
         let netmask = a.netmask?;
-        let (ip, prefix) = if let (Some(ip), Some(mask)) =
-            (address.as_sockaddr_in(), netmask.as_sockaddr_in())
-        {
-            (IpAddr::V4(ip.ip()), mask.ip().to_bits().count_ones())
-        } else if let (Some(ip), Some(mask)) =
-            (address.as_sockaddr_in6(), netmask.as_sockaddr_in6())
-        {
-            (IpAddr::V6(ip.ip()), mask.ip().to_bits().count_ones())
-        } else {
-            return None;
-        };
+        let (ip, prefix) =
+            if let (Some(ip), Some(mask)) = (address.as_sockaddr_in(), netmask.as_sockaddr_in()) {
+                (IpAddr::V4(ip.ip()), mask.ip().to_bits().count_ones())
+            } else if let (Some(ip), Some(mask)) =
+                (address.as_sockaddr_in6(), netmask.as_sockaddr_in6())
+            {
+                (IpAddr::V6(ip.ip()), mask.ip().to_bits().count_ones())
+            } else {
+                return None;
+            };
         Some(Address {
             interface: a.interface_name,
             ip,

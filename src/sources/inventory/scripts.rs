@@ -56,8 +56,7 @@ fn is_script(path: &Path) -> bool {
     // `metadata` follows symbolic links: a link to an executable file is a script, as it is
     // for Mender.
     named
-        && std::fs::metadata(path)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Runs one script and returns its standard output, or why it contributes nothing.
