@@ -7,7 +7,9 @@
 //! - [`event`]: the event envelope, serialised once when an event enters the outbox.
 //! - [`outbox`]: the SQLite file. One thread owns the connection; everyone else sends it
 //!   commands, and commands that arrive together share a transaction (group commit).
-//! - [`sources`]: what produces events; today the ingest socket local applications write to.
+//! - [`sources`]: what produces events: the device itself (identity, lifecycle, inventory from
+//!   built-ins and Mender-compatible scripts) and the ingest socket local applications write
+//!   to, which also carries control requests to the device source.
 //! - [`sinks`]: the destinations. Each sink runs on threads of its own (blocking HTTP never
 //!   runs on the async runtime); `signing` holds the signature schemes and their verification.
 //! - [`daemon`]: wiring, signals, reload, systemd notification and logging.

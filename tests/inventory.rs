@@ -325,16 +325,6 @@ fn the_inventory_event_has_the_structure_of_menders_webhook_example() {
     assert!(shared >= 12, "only {shared} attributes in common");
 }
 
-/// Events of `t` the receiver got, in order.
-fn of_type(receiver: &Receiver, t: &str) -> Vec<Value> {
-    receiver
-        .delivered()
-        .iter()
-        .map(|r| r.json())
-        .filter(|v| v["type"] == t)
-        .collect()
-}
-
 fn color(event: &Value) -> String {
     event["data"]["inventory"]
         .as_array()

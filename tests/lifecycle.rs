@@ -9,15 +9,6 @@ use common::*;
 use edgehook::client::Reply;
 use serde_json::{Value, json};
 
-fn of_type(receiver: &Receiver, t: &str) -> Vec<Value> {
-    receiver
-        .delivered()
-        .iter()
-        .map(|r| r.json())
-        .filter(|v| v["type"] == t)
-        .collect()
-}
-
 fn types(receiver: &Receiver) -> Vec<String> {
     receiver
         .delivered()
@@ -265,4 +256,31 @@ fn after_decommission_local_events_are_refused_while_the_backlog_still_drains() 
     });
     assert_eq!(of_type(&receiver, "device-provisioned").len(), 2);
     assert_eq!(setup.status()["device"]["status"], "accepted");
+}
+
+#[test]
+fn a_sink_added_after_the_first_start_still_gets_the_device_announced() {
+    let receiver = Receiver::ok();
+    let inventory = "[inventory]\nbuiltin = true\nscripts_dirs = []\n";
+    let setup = Setup::new(inventory);
+    let daemon = setup.start();
+    let out = run(&setup.config, &["inventory", "--refresh", "--json"]);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer["changed"], false,
+        "with no sink there is no one to tell"
+    );
+
+    setup.write_config(&format!(
+        "{inventory}{}",
+        http_sink("cloud", &receiver.url(), SECRET, "events = [\"*\"]")
+    ));
+    daemon.hup();
+    wait_until(Duration::from_secs(20), "the announcements", || {
+        receiver.delivered_count() == 2
+    });
+    assert_eq!(
+        types(&receiver),
+        ["device-provisioned", "devices-inventory-changed"]
+    );
 }

@@ -28,6 +28,23 @@ pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
         c.ingest.socket.display(),
         c.ingest.group
     );
+    let dirs: Vec<String> = c
+        .inventory
+        .scripts_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    println!(
+        "inventory {} built-ins, scripts from [{}], every {}, script timeout {}",
+        if c.inventory.builtin {
+            "with"
+        } else {
+            "without"
+        },
+        dirs.join(", "),
+        humantime::format_duration(c.inventory.interval),
+        humantime::format_duration(c.inventory.script_timeout)
+    );
     if c.sinks.is_empty() {
         println!("sinks    none: events are acknowledged and not kept");
     }

@@ -99,6 +99,8 @@ pub struct Appended {
     pub id: String,
     /// The id was already in the outbox; nothing new was stored.
     pub duplicate: bool,
+    /// Kept for at least one sink (false when no sink wants its type).
+    pub stored: bool,
 }
 
 /// One event bound for one sink, as a sink fetches it.
@@ -253,6 +255,9 @@ pub struct Transition {
     pub value: String,
     /// Change it only when it was never set (the first start's `device-provisioned`).
     pub only_if_unset: bool,
+    /// Change it only when some sink takes the event: an announcement no sink wanted is
+    /// made again later (after a sink is added), rather than counted as made.
+    pub only_if_stored: bool,
     /// Other facts set along with it.
     pub also: Vec<(Fact, String)>,
     /// The event announcing the change.

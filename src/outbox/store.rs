@@ -376,6 +376,7 @@ impl Store {
             return Ok(Ok(None));
         }
         let appended = match self.append(t.event)? {
+            Ok(a) if t.only_if_stored && !a.stored => return Ok(Ok(None)),
             Ok(a) => a,
             Err(e) => return Ok(Err(e)),
         };
@@ -407,6 +408,7 @@ impl Store {
             return Ok(Ok(Appended {
                 id: event.id,
                 duplicate: false,
+                stored: false,
             }));
         }
         let len = event.body.len() as i64;
@@ -437,6 +439,7 @@ impl Store {
             return Ok(Ok(Appended {
                 id: event.id,
                 duplicate: true,
+                stored: true,
             }));
         }
         let seq = self.conn.last_insert_rowid();
@@ -459,6 +462,7 @@ impl Store {
         Ok(Ok(Appended {
             id: event.id,
             duplicate: false,
+            stored: true,
         }))
     }
 

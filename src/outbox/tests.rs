@@ -261,6 +261,7 @@ fn transition(fact: Fact, value: &str, only_if_unset: bool, t: &str) -> Transiti
         fact,
         value: value.into(),
         only_if_unset,
+        only_if_stored: false,
         also: Vec::new(),
         event: event(0, t),
     }
@@ -404,4 +405,20 @@ fn a_refused_transition_event_leaves_the_fact_unchanged() {
     );
     close(outbox, thread);
     assert_eq!(report(dir.path()).device_status, None);
+}
+
+#[test]
+fn an_announcement_no_sink_takes_is_not_counted_as_made_when_it_must_be_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"sensor.*\"")]);
+    let (outbox, _, thread) = open(&cfg);
+    let rt = rt();
+    let mut t = transition(Fact::Inventory, "[1]", false, "devices-inventory-changed");
+    t.only_if_stored = true;
+    assert_eq!(rt.block_on(outbox.transition(t.clone())).unwrap(), None);
+    close(outbox, thread);
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, _, thread) = open(&cfg);
+    assert!(rt.block_on(outbox.transition(t)).unwrap().is_some());
+    close(outbox, thread);
 }

@@ -116,6 +116,11 @@ impl DeviceSource {
                     let Some(request) = request else { break };
                     if let Op::Reload(config) = request.op {
                         self.reload(&config, &mut tick);
+                        // A sink added by the reload gets what was never taken by one.
+                        self.start().await;
+                        if !self.decommissioned() {
+                            let _ = self.refresh_inventory().await;
+                        }
                         continue;
                     }
                     let answer = self.handle(request.op).await;
@@ -149,6 +154,7 @@ impl DeviceSource {
                     fact: Fact::Status,
                     value: status.clone(),
                     only_if_unset: false,
+                    only_if_stored: false,
                     also: Vec::new(),
                     event: event::build_value(
                         None,
@@ -170,6 +176,7 @@ impl DeviceSource {
                     fact: Fact::Lifecycle,
                     value: DECOMMISSIONED.into(),
                     only_if_unset: false,
+                    only_if_stored: false,
                     // The inventory is forgotten, so `provision` announces it again in full.
                     also: vec![
                         (Fact::Status, DECOMMISSIONED.into()),
@@ -219,6 +226,8 @@ impl DeviceSource {
             fact: Fact::Lifecycle,
             value: PROVISIONED.into(),
             only_if_unset: first,
+            // The first announcement waits for a sink that takes it.
+            only_if_stored: first,
             also: vec![(Fact::Status, "accepted".into())],
             event: event::build_value(None, "device-provisioned", &data, SystemTime::now()),
         };
@@ -254,6 +263,7 @@ impl DeviceSource {
             fact: Fact::Inventory,
             value: serde_json::to_string(&data.inventory).expect("inventory serialises"),
             only_if_unset: false,
+            only_if_stored: true,
             also: Vec::new(),
             event: event::build_value(None, "devices-inventory-changed", &data, SystemTime::now()),
         };

@@ -308,6 +308,16 @@ pub fn emit_pipelined(
     ids
 }
 
+/// The bodies of the events of type `t` the receiver took, in arrival order.
+pub fn of_type(receiver: &Receiver, t: &str) -> Vec<Value> {
+    receiver
+        .delivered()
+        .iter()
+        .map(|r| r.json())
+        .filter(|v| v["type"] == t)
+        .collect()
+}
+
 /// Emits one event and returns its id.
 pub fn emit_one(socket: &Path, t: &str, data: Value) -> String {
     let mut c = Client::connect(socket).expect("connect");

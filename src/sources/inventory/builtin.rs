@@ -220,13 +220,11 @@ fn unquote(v: &str) -> String {
 /// The file system type of `/`: the last mount on `/` is the one in use.
 fn rootfs_type(root: &Path) -> Option<String> {
     let text = std::fs::read_to_string(root.join("proc/mounts")).ok()?;
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_dev, mount, fstype) = (f.next()?, f.next()?, f.next()?);
-            (mount == "/").then(|| fstype.to_string())
-        })
-        .last()
+    text.lines().rev().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, mount, fstype) = (f.next()?, f.next()?, f.next()?);
+        (mount == "/").then(|| fstype.to_string())
+    })
 }
 
 /// The value of `key=value` in a Mender file such as `artifact_info`.
