@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::exit::{Code, Failure};
 use super::table::Table;
-use crate::outbox::{open_ro, read_report};
 use crate::sources::inventory;
 
 /// Arguments of `inventory`.
@@ -35,15 +34,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
         eprintln!("edgehook: warning: {w}");
     }
     if a.json {
-        // The device id is the configured one, or the one the outbox keeps (none before the
-        // daemon's first start).
-        let device_id = match &config.device.id {
-            Some(id) => Some(id.clone()),
-            None => open_ro(&config.storage.path)?
-                .map(|conn| read_report(&conn))
-                .transpose()?
-                .and_then(|r| r.device_id),
-        };
+        let device_id = super::device_id(&config)?;
         let data = collected
             .inventory
             .event_data(device_id.as_deref(), config.device.tenant_id.as_deref());

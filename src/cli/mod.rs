@@ -1,6 +1,8 @@
 //! The command line: argument definitions here, one file per command.
 
+mod activity;
 mod check_config;
+mod dead_letters;
 mod demo;
 mod emit;
 pub mod exit;
@@ -8,8 +10,11 @@ mod inventory;
 mod lifecycle;
 mod receive;
 mod run;
+mod secret;
 mod status;
 pub mod table;
+mod test;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +49,20 @@ pub enum Command {
     Emit(emit::Args),
     /// Show each sink's queue, the outbox and the device (works with the daemon stopped)
     Status(status::Args),
+    /// The latest delivery attempts: time, sink, event, outcome, HTTP status or MQTT reason
+    Activity(activity::Args),
+    /// The dead letters, with why each was given up on
+    DeadLetters(dead_letters::ListArgs),
+    /// Put dead letters back in their queues
+    Redeliver(dead_letters::RedeliverArgs),
+    /// Un-pause a sink paused by 410 Gone
+    Resume(dead_letters::ResumeArgs),
+    /// Send one webhook-test event to a sink now, outside the outbox (exit 1 if it fails)
+    Test(test::Args),
+    /// Check a received webhook's signature (exit 0 valid, 1 invalid)
+    Verify(verify::Args),
+    /// Signing secrets
+    Secret(secret::Args),
     /// Collect and print the inventory; --refresh makes the daemon collect and emit if changed
     Inventory(inventory::Args),
     /// Announce a new device status (device-status-changed, only when it changes)
@@ -92,6 +111,13 @@ fn dispatch(cli: Cli) -> Result<Code, Failure> {
         Command::CheckConfig => check_config::run(&config_path),
         Command::Emit(a) => emit::run(&config_path, a),
         Command::Status(a) => status::run(&config_path, a),
+        Command::Activity(a) => activity::run(&config_path, a),
+        Command::DeadLetters(a) => dead_letters::list(&config_path, a),
+        Command::Redeliver(a) => dead_letters::redeliver(&config_path, a),
+        Command::Resume(a) => dead_letters::resume(&config_path, a),
+        Command::Test(a) => test::run(&config_path, a),
+        Command::Verify(a) => verify::run(a),
+        Command::Secret(a) => secret::run(a),
         Command::Inventory(a) => inventory::run(&config_path, a),
         Command::SetStatus(a) => lifecycle::set_status(&config_path, a),
         Command::Decommission => lifecycle::decommission(&config_path),
@@ -112,6 +138,18 @@ fn ask_daemon(
         crate::client::Reply::Ok(v) => Ok(v),
         crate::client::Reply::Err { code, error } => Err(exit::refused(&code, &error)),
     }
+}
+
+/// The device id: the configured one, or the one the outbox keeps (none before the daemon's
+/// first start).
+fn device_id(config: &Config) -> Result<Option<String>, Failure> {
+    if let Some(id) = &config.device.id {
+        return Ok(Some(id.clone()));
+    }
+    Ok(crate::outbox::open_ro(&config.storage.path)?
+        .map(|conn| crate::outbox::read_report(&conn))
+        .transpose()?
+        .and_then(|r| r.device_id))
 }
 
 /// Loads the config for a command, logging at its level.

@@ -247,7 +247,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
         };
         t.row(vec![
             sink.name.clone(),
-            sink.state.clone(),
+            super::table::paint(&sink.state),
             sink.pending.to_string(),
             sink.oldest_pending_age_s
                 .map_or("-".into(), |s| ago(now - s * 1000, now).replace(" ago", "")),

@@ -28,7 +28,7 @@ impl Table {
                 self.rows
                     .iter()
                     .filter_map(|r| r.get(c))
-                    .map(|s| s.chars().count())
+                    .map(|s| visible_len(s))
                     .max()
                     .unwrap_or(0)
             })
@@ -40,7 +40,8 @@ impl Table {
                 if c + 1 == row.len() {
                     line.push_str(cell);
                 } else {
-                    let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+                    let pad = widths[c] - visible_len(cell) + 2;
+                    let _ = write!(line, "{cell}{:pad$}", "");
                 }
             }
             out.push_str(line.trim_end());
@@ -48,6 +49,37 @@ impl Table {
         }
         out
     }
+}
+
+/// Characters shown, colour codes left out.
+fn visible_len(s: &str) -> usize {
+    let mut n = 0;
+    let mut in_escape = false;
+    for c in s.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, _) => n += 1,
+        }
+    }
+    n
+}
+
+/// A state or outcome word, coloured when standard output is a terminal and `NO_COLOR` is
+/// unset: green for good, yellow for waiting, red for given up, dim for idle.
+pub fn paint(word: &str) -> String {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || std::env::var_os("NO_COLOR").is_some() {
+        return word.to_string();
+    }
+    let colour = match word {
+        "active" | "delivered" | "running" => "32",
+        "backing-off" | "retry" | "paused" => "33",
+        "gone" | "dead" => "31",
+        _ => "2",
+    };
+    format!("\x1b[{colour}m{word}\x1b[0m")
 }
 
 /// "3 min ago", "2 h ago", "just now" for a Unix-ms time, relative to `now_ms`.
@@ -80,6 +112,17 @@ mod tests {
         assert_eq!(
             t.render(),
             "SINK           STATE\ncloud-primary  active\nb              gone\n"
+        );
+    }
+
+    #[test]
+    fn colour_codes_do_not_count_towards_column_widths() {
+        let mut t = Table::new(&["STATE", "N"]);
+        t.row(vec!["\x1b[32mactive\x1b[0m".into(), "1".into()]);
+        t.row(vec!["gone".into(), "2".into()]);
+        assert_eq!(
+            t.render(),
+            "STATE   N\n\x1b[32mactive\x1b[0m  1\ngone    2\n"
         );
     }
 

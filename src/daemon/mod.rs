@@ -50,7 +50,8 @@ struct Pipeline {
     sinks: Mutex<Vec<SinkRunner>>,
     shutdown_timeout: Mutex<Duration>,
     config_path: PathBuf,
-    control: mpsc::Sender<control::Request>,
+    /// Requests for the device source.
+    device: mpsc::Sender<control::Request>,
 }
 
 impl Pipeline {
@@ -124,11 +125,97 @@ impl Pipeline {
             Err(e) => log::error!("Reload failed, no sink is running until the next reload: {e}"),
         }
         let (reply, _) = tokio::sync::oneshot::channel();
-        let _ = self.control.blocking_send(control::Request {
+        let _ = self.device.blocking_send(control::Request {
             op: Op::Reload(Box::new(config)),
             reply,
         });
     }
+}
+
+impl Pipeline {
+    fn deadline(&self) -> Instant {
+        Instant::now()
+            + *self
+                .shutdown_timeout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Dead letters back to their queues; the sinks that got some read their queues again.
+    fn redeliver(&self, which: crate::outbox::Redeliver) -> control::Answer {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        let done = self.outbox.redeliver_blocking(which).map_err(|_| {
+            control::Refusal::new("internal", "storage error: nothing was redelivered")
+        })?;
+        let deadline = self.deadline();
+        for runner in std::mem::take(&mut *sinks) {
+            if !done.sinks.iter().any(|n| n == runner.name()) {
+                sinks.push(runner);
+                continue;
+            }
+            let name = runner.name().to_string();
+            match runner.restart(deadline) {
+                Ok(r) => sinks.push(r),
+                Err(e) => {
+                    log::error!(sink = name.as_str(); "Sink {name} could not start again after a redelivery: {e}")
+                }
+            }
+        }
+        log::info!(
+            "{} dead letter(s) back in the queues of {}",
+            done.count,
+            done.sinks.join(", ")
+        );
+        let mut m = serde_json::Map::new();
+        m.insert("redelivered".into(), done.count.into());
+        m.insert("missing".into(), done.missing.into());
+        Ok(m)
+    }
+
+    /// Un-pauses a sink paused by 410.
+    fn resume(&self, name: &str) -> control::Answer {
+        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(runner) = sinks.iter().find(|r| r.name() == name) else {
+            return Err(control::Refusal::new(
+                "invalid",
+                format!(
+                    "no running sink is called `{}`",
+                    name.chars().take(64).collect::<String>()
+                ),
+            ));
+        };
+        let was_paused = runner.resume();
+        if was_paused {
+            log::info!(sink = name; "Sink {name} resumed");
+        }
+        let mut m = serde_json::Map::new();
+        m.insert("changed".into(), was_paused.into());
+        Ok(m)
+    }
+}
+
+/// Serves one control request: sink operations here, the rest by the device source.
+async fn dispatch(
+    pipeline: &Arc<Pipeline>,
+    device: &mpsc::Sender<control::Request>,
+    request: control::Request,
+) {
+    let control::Request { op, reply } = request;
+    let work: Box<dyn FnOnce(&Pipeline) -> control::Answer + Send> = match op {
+        Op::Redeliver(which) => Box::new(move |p| p.redeliver(which)),
+        Op::Resume(name) => Box::new(move |p| p.resume(&name)),
+        op => {
+            let _ = device.send(control::Request { op, reply }).await;
+            return;
+        }
+    };
+    let p = pipeline.clone();
+    tokio::spawn(async move {
+        let answer = tokio::task::spawn_blocking(move || work(&p))
+            .await
+            .unwrap_or_else(|_| Err(control::Refusal::new("internal", "the request failed")));
+        let _ = reply.send(answer);
+    });
 }
 
 fn stop_all(runners: Vec<SinkRunner>, deadline: Instant) {
@@ -172,6 +259,7 @@ pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     let (control_tx, control_rx) = mpsc::channel(64);
+    let (device_tx, device_rx) = mpsc::channel(64);
     let device = DeviceSource::new(
         outbox.clone(),
         opened.device_id.clone(),
@@ -185,7 +273,7 @@ pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sinks: Mutex::new(Vec::new()),
         shutdown_timeout: Mutex::new(config.shutdown_timeout),
         config_path: config.path.clone(),
-        control: control_tx,
+        device: device_tx,
     });
     let runners = pipeline.start_sinks(&config)?;
     let sink_count = runners.len();
@@ -207,7 +295,8 @@ pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         pipeline.clone(),
         listener,
         &config,
-        (device, control_rx),
+        (device, device_rx),
+        (control_tx, control_rx),
         shutdown,
     ));
     systemd::stopping();
@@ -249,7 +338,11 @@ async fn serve(
     pipeline: Arc<Pipeline>,
     listener: std::os::unix::net::UnixListener,
     config: &Config,
-    (mut device, control_rx): (DeviceSource, mpsc::Receiver<control::Request>),
+    (mut device, device_rx): (DeviceSource, mpsc::Receiver<control::Request>),
+    (control_tx, mut control_rx): (
+        mpsc::Sender<control::Request>,
+        mpsc::Receiver<control::Request>,
+    ),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let listener = tokio::net::UnixListener::from_std(listener)
@@ -259,12 +352,12 @@ async fn serve(
         outbox: pipeline.outbox.clone(),
         max_line: config.ingest.max_event_bytes as usize,
         max_connections: config.ingest.max_connections as usize,
-        control: pipeline.control.clone(),
+        control: control_tx,
     });
     // The first start's `device-provisioned` goes into the outbox before any other event.
     device.start().await;
     let cancel_device = device.cancel_flag();
-    let device_task = tokio::spawn(device.run(control_rx, stop_rx.clone()));
+    let device_task = tokio::spawn(device.run(device_rx, stop_rx.clone()));
     let server = tokio::spawn(ingest::serve(listener, ingest, stop_rx));
     let outbox = pipeline.outbox.clone();
     outbox.expire(now_ms()).await;
@@ -289,6 +382,9 @@ async fn serve(
                 log::info!("SIGHUP: reloading {}", pipeline.config_path.display());
                 let p = pipeline.clone();
                 let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+            }
+            Some(request) = control_rx.recv() => {
+                dispatch(&pipeline, &pipeline.device, request).await;
             }
             _ = expiry.tick() => outbox.expire(now_ms()).await,
             _ = status_tick.tick() => {

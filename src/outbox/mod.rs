@@ -13,7 +13,9 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use read::{DeadLetter, OutboxReport, SinkReport, read_report};
+pub use read::{
+    ActivityRow, DeadLetter, OutboxReport, SinkReport, activity, dead_letters, read_report,
+};
 pub use schema::{SCHEMA_VERSION, open_ro};
 
 use crate::config::{SinkSpec, Storage};
@@ -142,6 +144,15 @@ impl SinkState {
     }
 }
 
+/// What one attempt measured, for the activity history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Measured {
+    /// The HTTP status or MQTT reason code, when there was an answer.
+    pub code: Option<u16>,
+    /// How long the attempt took.
+    pub latency_ms: u64,
+}
+
 /// What a sink tells the outbox about a delivery.
 #[derive(Debug, Clone)]
 pub enum Report {
@@ -153,6 +164,8 @@ pub enum Report {
         seq: i64,
         /// When (Unix ms).
         at_ms: i64,
+        /// The attempt.
+        measured: Measured,
     },
     /// An attempt failed; the delivery stays.
     Failed {
@@ -166,6 +179,8 @@ pub enum Report {
         error: String,
         /// The sink's state now.
         state: SinkState,
+        /// The attempt.
+        measured: Measured,
     },
     /// The delivery is given up on.
     Dead {
@@ -179,6 +194,8 @@ pub enum Report {
         reason: String,
         /// Attempts made.
         attempts: u32,
+        /// The last attempt, when one led to this (not for `expired`).
+        measured: Option<Measured>,
     },
     /// The sink's state changed without an attempt (for example resumed).
     State {
@@ -197,6 +214,26 @@ pub enum Report {
         /// What went wrong.
         error: String,
     },
+}
+
+/// Which dead letters go back to their queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redeliver {
+    /// Only this sink's (by name); every sink's when `None`.
+    pub sink: Option<String>,
+    /// These event ids; every dead letter (of `sink`) when `None`.
+    pub ids: Option<Vec<String>>,
+}
+
+/// What `Redeliver` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redelivered {
+    /// Dead letters put back.
+    pub count: usize,
+    /// The sinks whose queues got them back (by name).
+    pub sinks: Vec<String>,
+    /// Ids asked for that are not dead letters (of `sink`).
+    pub missing: Vec<String>,
 }
 
 /// A sink as the outbox routes to it.
@@ -292,6 +329,7 @@ enum Command {
     Report(Report),
     Routes(Vec<Route>, oneshot::Sender<Result<Vec<SinkId>, String>>),
     Expire(i64, oneshot::Sender<()>),
+    Redeliver(Redeliver, oneshot::Sender<Result<Redelivered, String>>),
     Totals(oneshot::Sender<Totals>),
 }
 
@@ -445,6 +483,17 @@ impl Outbox {
         if self.tx.send(Command::Expire(now_ms, reply)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Puts dead letters back in their queues, with their attempts reset (from a plain
+    /// thread).
+    pub fn redeliver_blocking(&self, which: Redeliver) -> Result<Redelivered, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Command::Redeliver(which, reply))
+            .map_err(|_| "the outbox is closed".to_string())?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err("the outbox is closed".into()))
     }
 
     /// Counts for the service status line.

@@ -117,3 +117,72 @@ fn read_inside(conn: &Connection) -> rusqlite::Result<OutboxReport> {
         sinks,
     })
 }
+
+/// One attempt in the activity history.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivityRow {
+    /// When the attempt ended (Unix ms).
+    pub at_ms: i64,
+    /// The sink.
+    pub sink: String,
+    /// The event id.
+    pub event_id: String,
+    /// The event type.
+    pub event_type: String,
+    /// `delivered`, `retry` or `dead`.
+    pub outcome: String,
+    /// The HTTP status or MQTT reason code, when there was an answer.
+    pub code: Option<u16>,
+    /// How long the attempt took (none for an expiry).
+    pub latency_ms: Option<i64>,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// The latest `limit` attempts, newest first, of one sink or all.
+pub fn activity(
+    conn: &Connection,
+    sink: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<ActivityRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT a.at_ms, s.name, a.event_id, a.event_type, a.outcome, a.code, a.latency_ms, a.error
+         FROM attempts a JOIN sinks s ON s.id = a.sink
+         WHERE ?1 IS NULL OR s.name = ?1
+         ORDER BY a.id DESC LIMIT ?2",
+    )?;
+    stmt.query_map(params![sink, limit as i64], |r| {
+        Ok(ActivityRow {
+            at_ms: r.get(0)?,
+            sink: r.get(1)?,
+            event_id: r.get(2)?,
+            event_type: r.get(3)?,
+            outcome: r.get(4)?,
+            code: r.get(5)?,
+            latency_ms: r.get(6)?,
+            error: r.get(7)?,
+        })
+    })?
+    .collect()
+}
+
+/// The dead letters of one sink or all, oldest first.
+pub fn dead_letters(conn: &Connection, sink: Option<&str>) -> rusqlite::Result<Vec<DeadLetter>> {
+    let mut stmt = conn.prepare(
+        "SELECT s.name, e.id, e.type, d.reason, d.attempts, d.dead_ms
+         FROM dead_letters d JOIN sinks s ON s.id = d.sink JOIN events e ON e.seq = d.seq
+         WHERE ?1 IS NULL OR s.name = ?1
+         ORDER BY s.name, d.seq",
+    )?;
+    stmt.query_map(params![sink], |r| {
+        Ok(DeadLetter {
+            sink: r.get(0)?,
+            id: r.get(1)?,
+            event_type: r.get(2)?,
+            reason: r.get(3)?,
+            attempts: r.get(4)?,
+            dead_ms: r.get(5)?,
+        })
+    })?
+    .collect()
+}

@@ -9,7 +9,24 @@ use super::StoreError;
 use crate::config::Durability;
 
 /// The schema this edgehook writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// What version 2 added: the bounded history of attempts behind `edgehook activity`, and an
+/// index by age, since a redelivered dead letter is younger than its neighbours.
+const ATTEMPTS: &str = "
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    sink INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    code INTEGER,
+    latency_ms INTEGER,
+    error TEXT
+);
+CREATE INDEX events_by_age ON events (created_ms);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -144,7 +161,12 @@ fn try_open(path: &Path, durability: Durability) -> Result<Connection, StoreErro
             return Err(StoreError::Foreign(path.to_owned()));
         }
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            "BEGIN; {SCHEMA} {ATTEMPTS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(err)?;
+    } else if version == 1 {
+        conn.execute_batch(&format!(
+            "BEGIN; {ATTEMPTS} PRAGMA user_version = 2; COMMIT;"
         ))
         .map_err(err)?;
     }

@@ -9,13 +9,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Opened, Report,
-    Route, SinkId, SinkState, StoreError, Totals, Transition, schema,
+    AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Measured, Opened,
+    Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError, Totals, Transition,
+    schema,
 };
 use crate::config::{Storage, WhenFull};
 
 /// Most commands run in one transaction.
 const BATCH: usize = 2048;
+
+/// Attempts kept for `edgehook activity`, over all sinks; older ones are trimmed in steps.
+pub(super) const ACTIVITY_KEEP: i64 = 10_000;
 
 #[derive(Debug, Default, Clone)]
 struct SinkRow {
@@ -189,6 +193,10 @@ impl Store {
                 oneshot::Sender<Result<Option<Appended>, AppendError>>,
                 Result<Option<Appended>, AppendError>,
             ),
+            Redeliver(
+                oneshot::Sender<Result<Redelivered, String>>,
+                Result<Redelivered, String>,
+            ),
             Done(oneshot::Sender<()>),
             Totals(oneshot::Sender<Totals>),
         }
@@ -219,6 +227,9 @@ impl Store {
                         answers.push(Answer::Routes(reply, Err(f.clone())))
                     }
                     Command::Expire(_, reply) => answers.push(Answer::Done(reply)),
+                    Command::Redeliver(_, reply) => {
+                        answers.push(Answer::Redeliver(reply, Err(f.clone())))
+                    }
                     Command::Totals(reply) => answers.push(Answer::Totals(reply)),
                     Command::Report(_) => {}
                 }
@@ -269,6 +280,16 @@ impl Store {
                     }
                     Err(e) => {
                         answers.push(Answer::Routes(reply, Err(e.to_string())));
+                        Err(e)
+                    }
+                },
+                Command::Redeliver(which, reply) => match self.redeliver(&which) {
+                    Ok(r) => {
+                        answers.push(Answer::Redeliver(reply, Ok(r)));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        answers.push(Answer::Redeliver(reply, Err(e.to_string())));
                         Err(e)
                     }
                 },
@@ -331,6 +352,13 @@ impl Store {
                     let _ = reply.send(r);
                 }
                 Answer::Routes(reply, r) => {
+                    let r = match &failure {
+                        Some(f) => Err(f.clone()),
+                        None => r,
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Redeliver(reply, r) => {
                     let r = match &failure {
                         Some(f) => Err(f.clone()),
                         None => r,
@@ -547,7 +575,13 @@ impl Store {
 
     fn report(&mut self, report: Report) -> rusqlite::Result<()> {
         match report {
-            Report::Delivered { sink, seq, at_ms } => {
+            Report::Delivered {
+                sink,
+                seq,
+                at_ms,
+                measured,
+            } => {
+                self.record_attempt(sink, seq, at_ms, "delivered", Some(measured), None)?;
                 let d = self
                     .conn
                     .prepare_cached("DELETE FROM deliveries WHERE sink = ?1 AND seq = ?2")?
@@ -577,7 +611,9 @@ impl Store {
                 at_ms,
                 error,
                 state,
+                measured,
             } => {
+                self.record_attempt(sink, seq, at_ms, "retry", Some(measured), Some(&error))?;
                 self.conn
                     .prepare_cached(
                         "UPDATE deliveries SET attempts = attempts + 1 WHERE sink = ?1 AND seq = ?2",
@@ -596,8 +632,9 @@ impl Store {
                 at_ms,
                 reason,
                 attempts,
+                measured,
             } => {
-                self.bury(sink, seq, at_ms, &reason, attempts)?;
+                self.bury(sink, seq, at_ms, &reason, attempts, measured)?;
                 let row = self.sinks.entry(sink).or_default();
                 row.last_error = Some(reason);
                 row.last_error_ms = Some(at_ms);
@@ -626,7 +663,9 @@ impl Store {
         at_ms: i64,
         reason: &str,
         attempts: u32,
+        measured: Option<Measured>,
     ) -> rusqlite::Result<()> {
+        self.record_attempt(sink, seq, at_ms, "dead", measured, Some(reason))?;
         let d = self
             .conn
             .prepare_cached("DELETE FROM deliveries WHERE sink = ?1 AND seq = ?2")?
@@ -659,6 +698,93 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the chosen dead letters back to their sinks' queues, attempts reset.
+    fn redeliver(&mut self, which: &Redeliver) -> rusqlite::Result<Redelivered> {
+        let rows: Vec<(SinkId, String, i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT d.sink, s.name, d.seq, e.id FROM dead_letters d
+                 JOIN sinks s ON s.id = d.sink JOIN events e ON e.seq = d.seq
+                 WHERE ?1 IS NULL OR s.name = ?1 ORDER BY d.seq",
+            )?
+            .query_map(params![which.sink], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut done = Redelivered::default();
+        if let Some(ids) = &which.ids {
+            done.missing = ids
+                .iter()
+                .filter(|id| !rows.iter().any(|r| &r.3 == *id))
+                .cloned()
+                .collect();
+        }
+        for (sink, name, seq, id) in rows {
+            if which.ids.as_ref().is_some_and(|ids| !ids.contains(&id)) {
+                continue;
+            }
+            self.conn
+                .prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?
+                .execute(params![sink, seq])?;
+            self.conn
+                .prepare_cached("INSERT OR IGNORE INTO deliveries (sink, seq) VALUES (?1, ?2)")?
+                .execute(params![sink, seq])?;
+            // A fresh `max_age`, or an expired dead letter would expire again at once.
+            self.conn
+                .prepare_cached("UPDATE events SET created_ms = ?2 WHERE seq = ?1")?
+                .execute(params![seq, super::now_ms()])?;
+            let row = self.sinks.entry(sink).or_default();
+            row.dead -= 1;
+            row.pending += 1;
+            self.dirty.insert(sink);
+            self.to_wake.insert(sink);
+            done.count += 1;
+            if !done.sinks.contains(&name) {
+                done.sinks.push(name);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Adds one row to the activity history (only while the delivery is still there, so a
+    /// late report about an event already gone adds nothing).
+    fn record_attempt(
+        &mut self,
+        sink: SinkId,
+        seq: i64,
+        at_ms: i64,
+        outcome: &str,
+        measured: Option<Measured>,
+        error: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        let id = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO attempts (at_ms, sink, event_id, event_type, outcome, code, latency_ms, error)
+                 SELECT ?1, ?2, e.id, e.type, ?3, ?4, ?5, ?6 FROM events e WHERE e.seq = ?7
+                 RETURNING id",
+            )?
+            .query_row(
+                params![
+                    at_ms,
+                    sink,
+                    outcome,
+                    measured.and_then(|m| m.code),
+                    measured.map(|m| m.latency_ms as i64),
+                    error,
+                    seq
+                ],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?;
+        if let Some(id) = id.filter(|id| id % 1000 == 0) {
+            self.conn
+                .prepare_cached("DELETE FROM attempts WHERE id <= ?1")?
+                .execute([id - ACTIVITY_KEEP])?;
+        }
+        Ok(())
+    }
+
     fn forget_dead(&mut self, sink: SinkId, seq: i64) -> rusqlite::Result<()> {
         let n = self
             .conn
@@ -674,16 +800,12 @@ impl Store {
 
     fn expire(&mut self, now_ms: i64) -> rusqlite::Result<()> {
         let cutoff = now_ms - self.limits.max_age.as_millis() as i64;
-        // Events are stored in time order, so the expired ones are a prefix by seq.
         let old: Vec<i64> = self
             .conn
-            .prepare_cached("SELECT seq, created_ms FROM events ORDER BY seq LIMIT 10000")?
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?
-            .map_while(|r| match r {
-                Ok((seq, created)) if created < cutoff => Some(Ok(seq)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
+            .prepare_cached(
+                "SELECT seq FROM events WHERE created_ms < ?1 ORDER BY created_ms LIMIT 10000",
+            )?
+            .query_map([cutoff], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         let sink_ids: Vec<SinkId> = self.sinks.keys().copied().collect();
         for seq in old {
@@ -694,7 +816,7 @@ impl Store {
                     .query_row(params![sink, seq], |r| r.get(0))
                     .optional()?;
                 if let Some(attempts) = attempts {
-                    self.bury(sink, seq, now_ms, "expired", attempts)?;
+                    self.bury(sink, seq, now_ms, "expired", attempts, None)?;
                 }
             }
         }

@@ -80,6 +80,7 @@ fn deliveries_come_back_in_outbox_order_and_vanish_once_every_sink_has_them() {
             sink,
             seq: d.seq,
             at_ms: 1,
+            measured: Measured::default(),
         });
     }
     close(outbox, thread);
@@ -157,6 +158,7 @@ fn reject_new_refuses_with_full_and_keeps_what_it_has() {
         sink: ids[0],
         seq: first[0].seq,
         at_ms: 1,
+        measured: Measured::default(),
     });
     outbox.append_blocking(event(4, "x")).unwrap();
     close(outbox, thread);
@@ -210,6 +212,7 @@ fn dead_letters_are_bounded_per_sink() {
             at_ms: now_ms(),
             reason: "rejected: 400".into(),
             attempts: 8,
+            measured: None,
         });
     }
     close(outbox, thread);

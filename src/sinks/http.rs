@@ -66,7 +66,11 @@ impl HttpSink {
 
     /// One attempt: signs `body` for now and posts it.
     pub fn attempt(&self, id: &str, body: &[u8]) -> Attempt {
-        let now = SystemTime::now();
+        self.attempt_at(id, body, SystemTime::now())
+    }
+
+    /// One attempt signed for `now` (so a caller can show the headers it sends).
+    pub fn attempt_at(&self, id: &str, body: &[u8], now: SystemTime) -> Attempt {
         let ts = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

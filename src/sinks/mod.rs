@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{SinkKind, SinkSpec};
-use crate::outbox::{Delivery, Outbox, Report, SinkId, SinkState, now_ms};
+use crate::outbox::{Delivery, Measured, Outbox, Report, SinkId, SinkState, now_ms};
 use crate::wake::Wake;
 
 /// How many deliveries the feeder reads at once.
@@ -94,6 +94,7 @@ struct Shared {
     outbox: Outbox,
     transport: Transport,
     max_age_ms: i64,
+    device_id: String,
     /// Raised by the outbox when deliveries are committed.
     work: Arc<Wake>,
     /// Raised on stop and on resume.
@@ -126,6 +127,7 @@ impl SinkRunner {
             outbox,
             transport,
             max_age_ms: max_age.as_millis() as i64,
+            device_id: device_id.to_string(),
             work,
             control: Wake::new(),
             stopping: AtomicBool::new(false),
@@ -170,10 +172,36 @@ impl SinkRunner {
         self.shared.work.raise();
     }
 
-    /// Un-pauses a sink paused by 410.
-    pub fn resume(&self) {
-        self.shared.gone.store(false, Ordering::SeqCst);
+    /// Un-pauses a sink paused by 410; false when it was not paused.
+    pub fn resume(&self) -> bool {
+        let was = self.shared.gone.swap(false, Ordering::SeqCst);
+        if was {
+            self.shared.outbox.report_blocking(Report::State {
+                sink: self.shared.id,
+                state: SinkState::Active,
+            });
+        }
         self.shared.control.raise();
+        was
+    }
+
+    /// Stops the sink (its attempts finish until `deadline`) and starts it again, reading its
+    /// queue from the start: how deliveries put back behind its position are picked up.
+    pub fn restart(self, deadline: Instant) -> Result<SinkRunner, SinkError> {
+        let s = self.shared.clone();
+        self.stop();
+        if !self.join(deadline) {
+            log::warn!(sink = s.spec.name.as_str(); "Sink {} did not finish its attempt in time; it will be retried", s.spec.name);
+        }
+        let max_age = Duration::from_millis(s.max_age_ms.max(0) as u64);
+        SinkRunner::start(
+            s.spec.clone(),
+            s.id,
+            s.outbox.clone(),
+            s.work.clone(),
+            &s.device_id,
+            max_age,
+        )
     }
 
     /// Waits until `deadline` for the threads to finish; returns false if some did not (their
@@ -262,6 +290,7 @@ fn deliver(s: &Shared, d: Delivery) {
                 at_ms: now_ms(),
                 reason: "expired".into(),
                 attempts,
+                measured: None,
             });
             return;
         }
@@ -272,6 +301,10 @@ fn deliver(s: &Shared, d: Delivery) {
         attempts += 1;
         let status = a.status.map_or(0, u64::from);
         let latency_ms = a.latency.as_millis() as u64;
+        let measured = Measured {
+            code: a.status,
+            latency_ms,
+        };
         let wait = match a.outcome {
             Outcome::Delivered => {
                 log::debug!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, latency_ms = latency_ms;
@@ -280,6 +313,7 @@ fn deliver(s: &Shared, d: Delivery) {
                     sink: s.id,
                     seq: d.seq,
                     at_ms: now_ms(),
+                    measured,
                 });
                 return;
             }
@@ -293,6 +327,7 @@ fn deliver(s: &Shared, d: Delivery) {
                     at_ms: now_ms(),
                     error: "HTTP 410 Gone".into(),
                     state: SinkState::Gone,
+                    measured,
                 });
                 continue;
             }
@@ -306,6 +341,7 @@ fn deliver(s: &Shared, d: Delivery) {
                     at_ms: now_ms(),
                     reason,
                     attempts,
+                    measured: Some(measured),
                 });
                 return;
             }
@@ -325,6 +361,7 @@ fn deliver(s: &Shared, d: Delivery) {
                     at_ms: now_ms(),
                     error,
                     state: SinkState::BackingOff,
+                    measured,
                 });
                 wait
             }
@@ -348,6 +385,7 @@ fn deliver(s: &Shared, d: Delivery) {
                     at_ms: now_ms(),
                     error,
                     state: SinkState::BackingOff,
+                    measured,
                 });
                 wait
             }

@@ -26,7 +26,7 @@ use rumqttc::{Outgoing, TlsConfiguration, Transport};
 
 use super::{Shared, SinkError, backoff};
 use crate::config::{MqttSpec, SinkKind, SinkSpec};
-use crate::outbox::{Delivery, Report, SinkState, now_ms};
+use crate::outbox::{Delivery, Measured, Report, SinkState, now_ms};
 
 /// A broker.
 pub struct MqttSink {
@@ -74,21 +74,27 @@ impl MqttSink {
 
     /// The connection options: client id, credentials, keep-alive, will, TLS.
     pub fn options(&self) -> MqttOptions {
+        let mut o = self.bare_options(self.fill(&self.m().client_id, ""));
+        o.set_last_will(LastWill::new(
+            self.fill(&self.m().status_topic, ""),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+            None,
+        ));
+        o
+    }
+
+    /// Options without a will, under `client_id`.
+    fn bare_options(&self, client_id: String) -> MqttOptions {
         let m = self.m();
-        let mut o = MqttOptions::new(self.fill(&m.client_id, ""), m.host.clone(), m.port);
+        let mut o = MqttOptions::new(client_id, m.host.clone(), m.port);
         o.set_keep_alive(m.keep_alive.max(Duration::from_secs(5)));
         o.set_clean_start(true);
         o.set_connection_timeout(self.spec.timeout.as_secs().max(1));
         if let Some(user) = &m.username {
             o.set_credentials(user.clone(), m.password.clone().unwrap_or_default());
         }
-        o.set_last_will(LastWill::new(
-            self.fill(&m.status_topic, ""),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-            None,
-        ));
         if let Some(tls) = &self.tls {
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 tls.clone(),
@@ -115,6 +121,133 @@ impl MqttSink {
             user_properties: user,
             ..Default::default()
         }
+    }
+}
+
+impl MqttSink {
+    /// One publish outside the outbox (`edgehook test`): connect, publish `body` of type
+    /// `event_type`, wait for the broker's acknowledgement, disconnect. Returns the attempt and
+    /// the user properties sent.
+    pub fn publish_once(
+        &self,
+        id: &str,
+        event_type: &str,
+        body: &[u8],
+    ) -> (super::Attempt, Vec<(String, String)>) {
+        let ts = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        let props = self.properties(id, ts, body);
+        let sent = props.user_properties.clone();
+        let started = Instant::now();
+        let outcome = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(async {
+                tokio::time::timeout(
+                    self.spec.timeout,
+                    self.publish_and_wait(event_type, body, props),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    (
+                        None,
+                        super::Outcome::Transient {
+                            error: format!(
+                                "timed out after {}",
+                                humantime::format_duration(self.spec.timeout)
+                            ),
+                            retry_after: None,
+                        },
+                    )
+                })
+            }),
+            Err(e) => (
+                None,
+                super::Outcome::Transient {
+                    error: format!("cannot start a runtime: {e}"),
+                    retry_after: None,
+                },
+            ),
+        };
+        let attempt = super::Attempt {
+            outcome: outcome.1,
+            status: outcome.0,
+            latency: started.elapsed(),
+        };
+        (attempt, sent)
+    }
+
+    async fn publish_and_wait(
+        &self,
+        event_type: &str,
+        body: &[u8],
+        props: PublishProperties,
+    ) -> (Option<u16>, super::Outcome) {
+        let lost = |error: String| {
+            (
+                None,
+                super::Outcome::Transient {
+                    error,
+                    retry_after: None,
+                },
+            )
+        };
+        // Its own client id, so the running daemon's connection is not taken over; no will,
+        // so the device is not announced offline.
+        let id = format!("{}-test", self.fill(&self.m().client_id, ""));
+        let (client, mut events) = AsyncClient::new(self.bare_options(id), 8);
+        if let Err(e) = connected(&mut events, self.spec.timeout).await {
+            return lost(e);
+        }
+        let topic = self.fill(&self.m().topic, event_type);
+        if let Err(e) = client
+            .publish_with_properties(topic, self.qos(), false, body.to_vec(), props)
+            .await
+        {
+            return lost(format!("cannot publish: {e}"));
+        }
+        let refused = |code: u16, name: String| {
+            (
+                Some(code),
+                super::Outcome::Permanent {
+                    error: format!("MQTT reason {name}"),
+                },
+            )
+        };
+        let result = loop {
+            match events.poll().await {
+                Err(e) => break lost(describe(&e)),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    break match ack.reason {
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
+                            (Some(ack_code(&ack.reason)), super::Outcome::Delivered)
+                        }
+                        r => refused(ack_code(&r), format!("{r:?}")),
+                    };
+                }
+                Ok(Event::Incoming(Packet::PubRec(rec)))
+                    if !matches!(
+                        rec.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    ) =>
+                {
+                    break refused(rec_code(&rec.reason), format!("{:?}", rec.reason));
+                }
+                Ok(Event::Incoming(Packet::PubComp(comp))) => {
+                    break if comp.reason == PubCompReason::Success {
+                        (Some(0), super::Outcome::Delivered)
+                    } else {
+                        refused(146, format!("{:?}", comp.reason))
+                    };
+                }
+                Ok(_) => {}
+            }
+        };
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), events.poll()).await;
+        result
     }
 }
 
@@ -303,6 +436,7 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                     at_ms: now_ms(),
                     reason: "expired".into(),
                     attempts: d.attempts,
+                    measured: None,
                 };
                 s.outbox.report(report).await;
                 continue;
@@ -352,7 +486,10 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                     ack.reason,
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                 );
-                (ack.pkid, (!ok).then(|| format!("{:?}", ack.reason)))
+                (
+                    ack.pkid,
+                    (!ok).then(|| (ack_code(&ack.reason), format!("{:?}", ack.reason))),
+                )
             }
             Ok(Event::Incoming(Packet::PubRec(rec))) => {
                 if matches!(
@@ -361,11 +498,17 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                 ) {
                     continue;
                 }
-                (rec.pkid, Some(format!("{:?}", rec.reason)))
+                (
+                    rec.pkid,
+                    Some((rec_code(&rec.reason), format!("{:?}", rec.reason))),
+                )
             }
             Ok(Event::Incoming(Packet::PubComp(comp))) => {
                 let ok = comp.reason == PubCompReason::Success;
-                (comp.pkid, (!ok).then(|| format!("{:?}", comp.reason)))
+                (
+                    comp.pkid,
+                    (!ok).then(|| (146, format!("{:?}", comp.reason))),
+                )
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 return End::Lost(format!("the broker disconnected ({:?})", d.reason_code));
@@ -378,7 +521,11 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
         let f = in_flight.remove(i).expect("the position is valid");
         let d = f.delivery;
         let latency_ms = f.sent.elapsed().as_millis() as u64;
-        match refused {
+        let measured = Measured {
+            code: Some(refused.as_ref().map_or(0, |(code, _)| *code)),
+            latency_ms,
+        };
+        match refused.map(|(_, name)| name) {
             None => {
                 failures_in_row = 0;
                 log::debug!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), latency_ms = latency_ms;
@@ -388,6 +535,7 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                         sink: s.id,
                         seq: d.seq,
                         at_ms: now_ms(),
+                        measured,
                     })
                     .await;
             }
@@ -405,6 +553,7 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                             at_ms: now_ms(),
                             reason,
                             attempts,
+                            measured: Some(measured),
                         })
                         .await;
                 } else {
@@ -424,6 +573,7 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                             at_ms: now_ms(),
                             error,
                             state: SinkState::BackingOff,
+                            measured,
                         })
                         .await;
                     queued.push_front(Delivery { attempts, ..d });
@@ -431,5 +581,35 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                 }
             }
         }
+    }
+}
+
+/// The v5 reason code of a PUBACK reason (section 3.4.2.1 of MQTT 5).
+fn ack_code(r: &PubAckReason) -> u16 {
+    match r {
+        PubAckReason::Success => 0,
+        PubAckReason::NoMatchingSubscribers => 16,
+        PubAckReason::UnspecifiedError => 128,
+        PubAckReason::ImplementationSpecificError => 131,
+        PubAckReason::NotAuthorized => 135,
+        PubAckReason::TopicNameInvalid => 144,
+        PubAckReason::PacketIdentifierInUse => 145,
+        PubAckReason::QuotaExceeded => 151,
+        PubAckReason::PayloadFormatInvalid => 153,
+    }
+}
+
+/// The v5 reason code of a PUBREC reason (the same codes as PUBACK).
+fn rec_code(r: &PubRecReason) -> u16 {
+    match r {
+        PubRecReason::Success => 0,
+        PubRecReason::NoMatchingSubscribers => 16,
+        PubRecReason::UnspecifiedError => 128,
+        PubRecReason::ImplementationSpecificError => 131,
+        PubRecReason::NotAuthorized => 135,
+        PubRecReason::TopicNameInvalid => 144,
+        PubRecReason::PacketIdentifierInUse => 145,
+        PubRecReason::QuotaExceeded => 151,
+        PubRecReason::PayloadFormatInvalid => 153,
     }
 }

@@ -17,6 +17,10 @@ pub enum Op {
     Provision,
     /// Collect the inventory now, and emit it if it changed.
     InventoryRefresh,
+    /// Dead letters back to their queues.
+    Redeliver(crate::outbox::Redeliver),
+    /// Un-pause a sink paused by 410.
+    Resume(String),
     /// The config was reloaded (from SIGHUP, never from the socket).
     Reload(Box<Config>),
 }

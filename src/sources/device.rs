@@ -211,7 +211,8 @@ impl DeviceSource {
                 }
                 self.refresh_inventory().await.map(changed).map_err(refusal)
             }
-            Op::Reload(_) => Ok(Map::new()),
+            // Handled by the daemon, never sent here.
+            Op::Reload(_) | Op::Redeliver(_) | Op::Resume(_) => Ok(Map::new()),
         }
     }
 

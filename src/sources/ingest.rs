@@ -232,6 +232,9 @@ struct Request<'a> {
     data: Option<&'a RawValue>,
     id: Option<String>,
     status: Option<String>,
+    sink: Option<String>,
+    ids: Option<Vec<String>>,
+    all: Option<bool>,
 }
 
 /// Turns one line into its answer (or `None` for a blank line, which is no request).
@@ -262,6 +265,29 @@ async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
         Some("decommission") => return Some(ask(ingest, Op::Decommission).await),
         Some("provision") => return Some(ask(ingest, Op::Provision).await),
         Some("inventory-refresh") => return Some(ask(ingest, Op::InventoryRefresh).await),
+        Some("redeliver") => {
+            let ids = match (req.ids, req.all) {
+                (Some(ids), None | Some(false)) if !ids.is_empty() => Some(ids),
+                (None, Some(true)) => None,
+                _ => {
+                    return ready(
+                        "invalid",
+                        "`redeliver` needs either `ids` (a non-empty list) or `\"all\": true`",
+                    );
+                }
+            };
+            let which = crate::outbox::Redeliver {
+                sink: req.sink,
+                ids,
+            };
+            return Some(ask(ingest, Op::Redeliver(which)).await);
+        }
+        Some("resume") => {
+            let Some(sink) = req.sink else {
+                return ready("invalid", "`resume` needs a `sink`");
+            };
+            return Some(ask(ingest, Op::Resume(sink)).await);
+        }
         Some(op) => {
             let op: String = op.chars().take(64).collect();
             return ready("unknown_op", &format!("unknown op `{op}`"));

@@ -1,0 +1,147 @@
+//! `edgehook dead-letters`, `edgehook redeliver` and `edgehook resume`: what was given up on,
+//! and how to try again.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::exit::{Code, Failure};
+use super::table::{Table, ago, rfc3339};
+use crate::client::daemon_running;
+use crate::outbox::{Outbox, Redeliver, dead_letters, now_ms, open_ro};
+
+/// Arguments of `dead-letters`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  edgehook dead-letters\n  edgehook dead-letters --sink cloud --json"
+)]
+pub struct ListArgs {
+    /// Only this sink's dead letters
+    #[arg(long, value_name = "SINK")]
+    pub sink: Option<String>,
+    /// One JSON document on standard output
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `redeliver`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  edgehook redeliver --all\n  edgehook redeliver --sink cloud 1aaf5222-8f2c-4d48-9ae9-8862e78c3fdf"
+)]
+#[group(id = "which", required = true, multiple = false, args = ["all", "ids"])]
+pub struct RedeliverArgs {
+    /// Only this sink's dead letters
+    #[arg(long, value_name = "SINK")]
+    pub sink: Option<String>,
+    /// Every dead letter (of --sink)
+    #[arg(long)]
+    pub all: bool,
+    /// These events' dead letters
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+}
+
+/// Arguments of `resume`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  edgehook resume cloud")]
+pub struct ResumeArgs {
+    /// The sink paused by 410 Gone
+    pub sink: String,
+}
+
+pub(super) fn list(config_path: &Path, a: ListArgs) -> Result<Code, Failure> {
+    let config = super::load(config_path)?;
+    let rows = match open_ro(&config.storage.path)? {
+        Some(conn) => dead_letters(&conn, a.sink.as_deref())?,
+        None => Vec::new(),
+    };
+    if a.json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|d| {
+                json!({
+                    "sink": d.sink, "id": d.id, "type": d.event_type, "reason": d.reason,
+                    "attempts": d.attempts, "dead_at": rfc3339(d.dead_ms), "dead_ms": d.dead_ms,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "dead_letters": rows }));
+        return Ok(Code::Ok);
+    }
+    if rows.is_empty() {
+        println!("No dead letters.");
+        return Ok(Code::Ok);
+    }
+    let now = now_ms();
+    let mut t = Table::new(&["SINK", "EVENT", "TYPE", "ATTEMPTS", "SINCE", "REASON"]);
+    for d in &rows {
+        t.row(vec![
+            d.sink.clone(),
+            d.id.clone(),
+            d.event_type.clone(),
+            d.attempts.to_string(),
+            ago(d.dead_ms, now),
+            d.reason.clone(),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(Code::Ok)
+}
+
+/// Through the daemon when it runs (its sinks pick the events up at once), else directly in
+/// the outbox file (they go out when it starts).
+pub(super) fn redeliver(config_path: &Path, a: RedeliverArgs) -> Result<Code, Failure> {
+    let config = super::load(config_path)?;
+    let which = Redeliver {
+        sink: a.sink.clone(),
+        ids: (!a.all).then_some(a.ids),
+    };
+    let (count, missing) = if daemon_running(&config.ingest.socket) {
+        let mut request = json!({"op": "redeliver", "sink": which.sink});
+        match &which.ids {
+            Some(ids) => request["ids"] = json!(ids),
+            None => request["all"] = json!(true),
+        }
+        let reply = super::ask_daemon(config_path, &request)?;
+        let missing: Vec<String> = reply["missing"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (reply["redelivered"].as_u64().unwrap_or(0), missing)
+    } else {
+        let (outbox, _, thread) = Outbox::open(&config.storage, config.device.id.as_deref())?;
+        let done = outbox
+            .redeliver_blocking(which)
+            .map_err(|e| Failure::new(Code::IoErr, format!("storage error: {e}")))?;
+        drop(outbox);
+        let _ = thread.join();
+        (done.count as u64, done.missing)
+    };
+    println!("{count} dead letter(s) back in their queues");
+    if missing.is_empty() {
+        return Ok(Code::Ok);
+    }
+    Err(Failure::new(
+        Code::DataErr,
+        format!(
+            "not dead letters{}: {}",
+            a.sink.map_or(String::new(), |s| format!(" of sink {s}")),
+            missing.join(", ")
+        ),
+    ))
+}
+
+pub(super) fn resume(config_path: &Path, a: ResumeArgs) -> Result<Code, Failure> {
+    let reply = super::ask_daemon(config_path, &json!({"op": "resume", "sink": a.sink}))?;
+    if reply["changed"] == true {
+        println!("Sink {} resumed", a.sink);
+    } else {
+        println!("Sink {} was not paused", a.sink);
+    }
+    Ok(Code::Ok)
+}
