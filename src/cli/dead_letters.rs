@@ -29,7 +29,7 @@ pub struct ListArgs {
 #[command(
     after_help = "Examples:\n  edgehook redeliver --all\n  edgehook redeliver --sink cloud 1aaf5222-8f2c-4d48-9ae9-8862e78c3fdf"
 )]
-#[group(id = "which", required = true, multiple = false, args = ["all", "ids"])]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["all", "ids"])))]
 pub struct RedeliverArgs {
     /// Only this sink's dead letters
     #[arg(long, value_name = "SINK")]

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broker;
+pub mod pki;
 pub mod receiver;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use edgehook::client::{Client, Reply};
 use serde_json::{Value, json};
 
+pub use pki::{make_pki, openssl_available};
 pub use receiver::{Behaviour, Receiver, Request, Response};
 
 /// A command running the edgehook binary, through `EDGEHOOK_TEST_RUNNER` when it is set (for

@@ -1,0 +1,86 @@
+//! A test PKI made with openssl: a CA, a server certificate for 127.0.0.1 and one for another
+//! name.
+
+pub fn openssl_available() -> bool {
+    let ok = std::process::Command::new("openssl")
+        .arg("version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "openssl is not installed");
+        eprintln!("cannot run this test here: openssl is not installed");
+    }
+    ok
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and one for another name, with openssl.
+pub fn make_pki(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edgehook test CA",
+    ]);
+    for (name, san) in [
+        ("server", "IP:127.0.0.1"),
+        ("elsewhere", "DNS:elsewhere.test"),
+    ] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("subjectAltName={san}\n"),
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+}
