@@ -394,3 +394,59 @@ fn tls_subscriber(port: u16, pki: &std::path::Path) -> Subscriber {
         ));
     })
 }
+
+#[test]
+fn test_and_activity_cover_mqtt_sinks() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = Subscriber::connect(broker.port, "edgehook/#");
+    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
+    let _daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 3, "sensor.reading", 3);
+    wait_until(Duration::from_secs(30), "3 messages", || {
+        sub.event_count() >= 3
+    });
+    let out = run(&setup.config, &["activity", "--json"]);
+    let activity: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = activity["attempts"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for (row, id) in rows.iter().rev().zip(&ids) {
+        assert_eq!(&row["event_id"], id);
+        assert_eq!(row["outcome"], "delivered");
+        assert_eq!(row["code"], 0, "MQTT reason code Success");
+    }
+
+    let out = run(&setup.config, &["test", "broker"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("User properties sent:"), "{text}");
+    assert!(text.contains("✓ delivered (reason code 0"), "{text}");
+    wait_until(Duration::from_secs(10), "the test message", || {
+        sub.events()
+            .iter()
+            .any(|m| m.json()["type"] == "webhook-test")
+    });
+    let m = sub
+        .events()
+        .into_iter()
+        .find(|m| m.json()["type"] == "webhook-test")
+        .unwrap();
+    verify_message(&m, SECRET).unwrap();
+    // The daemon's own connection was not taken over by the test's.
+    let after = emit_one(
+        &setup.socket(),
+        "sensor.reading",
+        serde_json::json!("after"),
+    );
+    wait_until(Duration::from_secs(10), "an event after the test", || {
+        sub.events().iter().any(|m| m.event_id() == after)
+    });
+    assert!(
+        !broker.log().contains("already connected"),
+        "{}",
+        broker.log()
+    );
+}

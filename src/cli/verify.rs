@@ -58,6 +58,9 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
             println!("valid");
             Ok(Code::Ok)
         }
+        Err(crate::sinks::signing::VerifyError::BadSecret(m)) => {
+            Err(Failure::new(Code::Usage, format!("--secret: {m}")))
+        }
         Err(e) => {
             println!("invalid: {e}");
             Ok(Code::CheckFailed)
