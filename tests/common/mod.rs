@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use edgehook::client::{Client, Reply};
 use serde_json::{Value, json};
 
-pub use pki::{make_pki, openssl_available};
+pub use pki::{make_pki, openssl_available, openssl_hmac_sha256};
 pub use receiver::{Behaviour, Receiver, Request, Response};
 
 /// A command running the edgehook binary, through `EDGEHOOK_TEST_RUNNER` when it is set (for

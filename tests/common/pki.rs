@@ -84,3 +84,34 @@ pub fn make_pki(dir: &std::path::Path) {
         ]);
     }
 }
+
+/// HMAC-SHA256 of `body` with the hex key `hex_key`, as lowercase hex, computed by openssl.
+pub fn openssl_hmac_sha256(hex_key: &str, body: &[u8]) -> String {
+    use std::io::Write;
+    let mut openssl = std::process::Command::new("openssl")
+        .args([
+            "dgst",
+            "-sha256",
+            "-mac",
+            "HMAC",
+            "-macopt",
+            &format!("hexkey:{hex_key}"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    openssl
+        .stdin
+        .take()
+        .expect("a stdin pipe")
+        .write_all(body)
+        .expect("openssl reads the body");
+    let out = openssl.wait_with_output().expect("openssl finishes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
