@@ -166,3 +166,32 @@ fn a_renamed_sink_leaves_its_queue_orphaned() {
     assert_eq!(names, [("new-name", "paused"), ("old-name", "orphaned")]);
     assert_eq!(v["sinks"][1]["pending"], 1);
 }
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let commands: &[&[&str]] = &[
+        &["run"],
+        &["check-config"],
+        &["emit"],
+        &["status"],
+        &["activity"],
+        &["dead-letters"],
+        &["redeliver"],
+        &["resume"],
+        &["test"],
+        &["verify"],
+        &["secret", "generate"],
+        &["inventory"],
+        &["set-status"],
+        &["decommission"],
+        &["provision"],
+        &["receive"],
+        &["demo"],
+    ];
+    for c in commands {
+        let out = edgehook().args(*c).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{c:?}");
+        assert!(text.contains("Example"), "{c:?} --help has no example:\n{text}");
+    }
+}
