@@ -192,6 +192,9 @@ fn every_command_has_help_with_an_example() {
         let out = edgehook().args(*c).arg("--help").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{c:?}");
-        assert!(text.contains("Example"), "{c:?} --help has no example:\n{text}");
+        assert!(
+            text.contains("Example"),
+            "{c:?} --help has no example:\n{text}"
+        );
     }
 }

@@ -613,3 +613,28 @@ fn reloading_twenty_times_while_events_flow_loses_and_duplicates_nothing() {
         got.len()
     );
 }
+
+#[test]
+fn an_invalid_file_on_reload_keeps_the_running_config_and_says_why() {
+    let receiver = Receiver::ok();
+    let setup = Setup::new(&http_sink("cloud", &receiver.url(), SECRET, ""));
+    let daemon = setup.start();
+    std::fs::write(&setup.config, "[[sink]]\nname = \"cloud\"\nurl = 42\n").unwrap();
+    daemon.hup();
+    wait_until(Duration::from_secs(10), "the refusal in the log", || {
+        daemon
+            .log()
+            .contains("Reload refused, the running config stays")
+    });
+    assert!(
+        daemon.log().contains("edgehook.toml:3:7"),
+        "{}",
+        daemon.log()
+    );
+    let id = emit_one(&setup.socket(), "sensor.reading", json!(1));
+    wait_until(
+        Duration::from_secs(10),
+        "delivery with the old config",
+        || receiver.delivered_ids().contains(&id),
+    );
+}
