@@ -250,10 +250,15 @@ fn every_operator_command_reads_a_database_with_deliveries_in_every_state() {
         text_of(&setup, &["resume", "gone"]).trim(),
         "Sink gone resumed"
     );
-    wait_until(Duration::from_secs(20), "the resumed sink", || {
-        gone.delivered_count() == 3
-    });
-    assert_eq!(setup.sink_status("gone")["state"], "active");
+    wait_until(
+        Duration::from_secs(20),
+        "the resumed sink to deliver",
+        || {
+            let s = setup.sink_status("gone");
+            s["delivered"] == 3 && s["state"] == "active"
+        },
+    );
+    assert_eq!(gone.delivered_count(), 3);
     assert_eq!(
         text_of(&setup, &["resume", "gone"]).trim(),
         "Sink gone was not paused"
