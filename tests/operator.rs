@@ -83,6 +83,23 @@ fn every_operator_command_reads_a_database_with_deliveries_in_every_state() {
     wait_until(Duration::from_secs(10), "the reload", || {
         daemon.log().contains("Reloaded")
     });
+    // A reload starts every sink afresh; wait until the failing ones have failed again.
+    wait_until(
+        Duration::from_secs(20),
+        "the states after the reload",
+        || {
+            let s = setup.status();
+            let state = |n: &str| {
+                s["sinks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|x| x["name"] == n)
+                    .map(|x| x["state"].clone())
+            };
+            state("flaky") == Some(json!("backing-off")) && state("gone") == Some(json!("gone"))
+        },
+    );
 
     let status = setup.status();
     let sink = |n: &str| -> Value {
