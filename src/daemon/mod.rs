@@ -345,6 +345,15 @@ async fn serve(
     ),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    // Signals are watched before the socket answers anyone: a client that sees the daemon up
+    // may send SIGHUP or SIGTERM at once, and an unwatched SIGHUP would end the process.
+    // Polling `shutdown` once lets it register its own signals.
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| DaemonError::Internal(format!("cannot watch SIGHUP: {e}")))?;
+    tokio::pin!(shutdown);
+    if futures_util::FutureExt::now_or_never(&mut shutdown).is_some() {
+        return Ok(());
+    }
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| DaemonError::Internal(format!("cannot use the socket: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -372,9 +381,6 @@ async fn serve(
     let watchdog_every = systemd::watchdog_interval().map(|d| d / 2);
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     let mut status_tick = tokio::time::interval(Duration::from_secs(10));
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| DaemonError::Internal(format!("cannot watch SIGHUP: {e}")))?;
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
