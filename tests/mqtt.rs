@@ -409,10 +409,16 @@ fn test_and_activity_cover_mqtt_sinks() {
     wait_until(Duration::from_secs(30), "3 messages", || {
         sub.event_count() >= 3
     });
-    let out = run(&setup.config, &["activity", "--json"]);
-    let activity: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The broker forwards before the daemon has recorded its acknowledgement.
+    let activity = || -> serde_json::Value {
+        let out = run(&setup.config, &["activity", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    wait_until(Duration::from_secs(10), "3 attempts recorded", || {
+        activity()["attempts"].as_array().map(Vec::len) == Some(3)
+    });
+    let activity = activity();
     let rows = activity["attempts"].as_array().unwrap();
-    assert_eq!(rows.len(), 3);
     for (row, id) in rows.iter().rev().zip(&ids) {
         assert_eq!(&row["event_id"], id);
         assert_eq!(row["outcome"], "delivered");
