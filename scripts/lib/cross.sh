@@ -1,0 +1,48 @@
+# Shared by scripts/cross-test and scripts/package-deb (sourced, not run): Debian's Rust 1.85
+# for the ARM targets, without Docker, rustup targets or binfmt_misc.
+#   cross_install TRIPLE…   installs the cross linkers, qemu-user-static and rustc-web 1.85, and
+#                           unpacks the target's standard library from libstd-rust-web-dev
+#   cross_env TRIPLE        exports RUSTC, the linker, the C compiler and the qemu runner
+RUST_185=1.85.0+dfsg3-1~deb12u3
+
+deb_arch() { case "$1" in aarch64-*) echo arm64 ;; armv7-*) echo armhf ;; *) return 1 ;; esac; }
+gnu_triple() { case "$1" in aarch64-*) echo aarch64-linux-gnu ;; armv7-*) echo arm-linux-gnueabihf ;; *) return 1 ;; esac; }
+
+cross_install() {
+  local need=() t arch work deb
+  for t in "$@"; do
+    command -v "$(gnu_triple "$t")-gcc" >/dev/null \
+      || need+=("gcc-$(gnu_triple "$t")" "libc6-dev-$(deb_arch "$t")-cross")
+  done
+  command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+  [ -x /usr/bin/rustc ] || need+=("rustc-web=$RUST_185" "cargo-web=$RUST_185" "libstd-rust-web-dev=$RUST_185")
+  if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
+  fi
+  # The target's standard library, unpacked from the foreign-architecture package (apt-get
+  # download + dpkg -x: no multiarch installation, whose versions may lag). Straight from the
+  # mirror's pool when the foreign index is missing (one may fail while a mirror syncs).
+  for t in "$@"; do
+    [ -d "/usr/lib/rustlib/$t/lib" ] && continue
+    arch="$(deb_arch "$t")"
+    work="$(mktemp -d)"
+    deb="libstd-rust-web-dev_${RUST_185}_${arch}.deb"
+    if ! (cd "$work" && apt-get download "libstd-rust-web-dev:$arch=$RUST_185" >/dev/null 2>&1); then
+      curl -fsSL -o "$work/$deb" \
+        "${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/r/rustc-web/$deb"
+    fi
+    dpkg -x "$work"/libstd-rust-web-dev_*.deb "$work/root"
+    mkdir -p /usr/lib/rustlib
+    cp -a "$work/root/usr/lib/rustlib/$t" /usr/lib/rustlib/
+    rm -rf "$work"
+  done
+}
+
+cross_env() {
+  local t="$1" upper cc
+  upper="$(echo "$t" | tr 'a-z-' 'A-Z_')"
+  cc="$(gnu_triple "$t")-gcc"
+  CROSS_RUNNER="qemu-$(case "$t" in aarch64-*) echo aarch64 ;; *) echo arm ;; esac)-static -L /usr/$(gnu_triple "$t")"
+  export RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross CROSS_RUNNER
+  export "CARGO_TARGET_${upper}_LINKER=$cc" "CARGO_TARGET_${upper}_RUNNER=$CROSS_RUNNER" "CC_${t//-/_}=$cc"
+}
