@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod pki;
 pub mod receiver;
+pub mod reference;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 
 pub use pki::{make_pki, openssl_available, openssl_hmac_sha256};
 pub use receiver::{Behaviour, Receiver, Request, Response};
+pub use reference::ReferenceReceiver;
 
 /// A command running the edgehook binary, through `EDGEHOOK_TEST_RUNNER` when it is set (for
 /// example `qemu-aarch64-static -L /usr/aarch64-linux-gnu` for ARM builds).
@@ -344,4 +346,11 @@ pub fn verify_standard(req: &Request, secret: &str) -> Result<(), String> {
         Duration::from_secs(300),
     )
     .map_err(|e| e.to_string())
+}
+
+/// `edgehook --config CONFIG sink ARGS…`.
+pub fn sink_cmd(setup: &Setup, args: &[&str]) -> Output {
+    let mut all = vec!["sink"];
+    all.extend_from_slice(args);
+    run(&setup.config, &all)
 }
