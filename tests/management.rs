@@ -425,3 +425,68 @@ fn update_and_remove_leave_the_main_files_sinks_alone_and_show_hides_header_valu
     assert_eq!(doc["headers"], json!({}));
     assert_eq!(doc["enabled"], false);
 }
+
+#[test]
+fn an_mqtt_sink_added_with_metadata_publishes_on_the_topic_its_metadata_fills() {
+    if !common::broker::mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("[device]\nid = \"pi-17\"\n");
+    let broker = common::broker::Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = common::broker::Subscriber::connect(broker.port, "plants/#");
+    let daemon = setup.start();
+    let said = succeeded(&sink_cmd(
+        &setup,
+        &[
+            "add",
+            "plant",
+            "--url",
+            &broker.url(),
+            "--events",
+            "sensor.*",
+            "--topic",
+            "plants/{metadata.site}/{metadata.line}/{device_id}/{type}",
+            "--metadata",
+            "site=berlin",
+            "--metadata",
+            "line=4",
+            "--scheme",
+            "mender",
+        ],
+    ));
+    assert!(said.contains("1 sink(s) running"), "{said}");
+    let topic = "plants/berlin/4/pi-17/sensor.reading";
+    let on_topic = || -> Vec<String> {
+        sub.all()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| m.event_id())
+            .collect()
+    };
+    let id = emit_one(&setup.socket(), "sensor.reading", json!({"c": 20}));
+    wait_until(Duration::from_secs(20), "the message", || {
+        on_topic() == [id.clone()]
+    });
+    // A template naming a key the sink's metadata lacks is refused, and nothing changes.
+    refused_with_78(
+        &sink_cmd(
+            &setup,
+            &[
+                "update",
+                "plant",
+                "--topic",
+                "plants/{metadata.room}/{type}",
+            ],
+        ),
+        "`{metadata.room}` in `plants/{metadata.room}/{type}` names no key of this sink's `metadata`",
+    );
+    let id2 = emit_one(&setup.socket(), "sensor.reading", json!({"c": 21}));
+    wait_until(Duration::from_secs(20), "the second message", || {
+        on_topic() == [id.clone(), id2.clone()]
+    });
+    assert!(
+        sub.all().iter().all(|m| !m.topic.contains("room")),
+        "nothing went elsewhere"
+    );
+    drop(daemon);
+}
