@@ -362,6 +362,14 @@ fn update_and_remove_leave_the_main_files_sinks_alone_and_show_hides_header_valu
     let r = Receiver::ok();
     let setup = Setup::new(&http_sink("main", &r.url(), SECRET, ""));
     refused_with_78(
+        &sink_cmd(&setup, &["add", "hook", "--url", "https://"]),
+        "sink `hook`: the url must be",
+    );
+    assert!(
+        !setup.dir.path().join("sinks.d").exists(),
+        "a refused addition creates nothing"
+    );
+    refused_with_78(
         &sink_cmd(&setup, &["update", "main", "--url", &r.url()]),
         "is defined in the main config file",
     );
@@ -489,4 +497,39 @@ fn an_mqtt_sink_added_with_metadata_publishes_on_the_topic_its_metadata_fills() 
         "nothing went elsewhere"
     );
     drop(daemon);
+}
+
+#[test]
+fn a_change_the_running_daemon_refuses_is_undone() {
+    let r = Receiver::ok();
+    let setup = Setup::new(&http_sink("main", &r.url(), SECRET, ""));
+    let daemon = setup.start();
+    // The daemon cannot keep a generated secret where a file stands in for `secrets/`; the
+    // command's own check cannot know that.
+    std::fs::write(setup.dir.path().join("secrets"), "in the way").unwrap();
+    let out = sink_cmd(&setup, &["add", "signed", "--url", &r.url()]);
+    refused_with_78(
+        &out,
+        "the running daemon refused the new config, so the change was undone",
+    );
+    refused_with_78(&out, "cannot keep the generated secret of sink signed");
+    assert!(!setup.dir.path().join("sinks.d/signed.toml").exists());
+    assert!(
+        daemon
+            .log()
+            .contains("Reload refused, the running config stays")
+    );
+    let id = emit_one(&setup.socket(), "sensor.reading", json!(1));
+    wait_until(
+        Duration::from_secs(10),
+        "delivery with the running config",
+        || r.delivered_ids() == [id.clone()],
+    );
+    let names: Vec<String> = setup.status()["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["main"]);
 }

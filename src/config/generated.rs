@@ -77,9 +77,13 @@ pub fn provide(config: &mut Config) -> Result<Vec<(String, PathBuf)>, SecretErro
 /// Writes `secret` to `path` (0600, in a 0700 directory), whole or not at all.
 fn write(path: &Path, secret: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    // The state directory keeps its own mode; only `secrets/` is the daemon's alone.
+    if let Some(state) = dir.parent() {
+        std::fs::create_dir_all(state)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     super::atomic::write(path, format!("{secret}\n").as_bytes(), 0o600, None)
 }

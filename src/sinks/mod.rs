@@ -37,9 +37,9 @@ pub enum SinkError {
         /// What is wrong.
         message: String,
     },
-    /// A signing sink's generated secret has not been generated yet.
+    /// A signing sink's generated secret does not exist yet, or cannot be read here.
     #[error(
-        "sink {0} has no signing secret yet: it is generated when the daemon first starts with this sink"
+        "sink {0} has no signing secret here: its generated secret is made when the daemon first starts the sink, and only the daemon's user and root may read it"
     )]
     NoSecret(String),
 }

@@ -1,5 +1,5 @@
 //! The drop-in files of `sinks.d/` as `edgehook sink` changes them: read as TOML tables,
-//! written back in a fixed key order, one change at a time (a lock file), checked with the
+//! written back in a fixed key order, one change at a time (a lock on the main file), checked with the
 //! rest of the config before it is kept, written whole or not at all, and undone if the
 //! running daemon refuses it.
 
@@ -64,23 +64,10 @@ impl DropIn {
     /// Opens the drop-in `path` of the config `config_path` for a change, waiting for any other
     /// `edgehook sink` command to finish its own.
     pub fn open(config_path: &Path, path: PathBuf) -> Result<DropIn, Failure> {
-        let dir = dropin_dir(config_path);
-        if !dir.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&dir)
-                .map_err(|e| io_failure(&dir, e))?;
-        }
-        let lock_path = dir.join(".lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_failure(&lock_path, e))?;
+        // The lock is on the main file, which exists already: a refused change creates nothing.
+        let file = std::fs::File::open(config_path).map_err(|e| io_failure(config_path, e))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_failure(&lock_path, e.into()))?;
+            .map_err(|(_, e)| io_failure(config_path, e.into()))?;
         let before = match std::fs::read_to_string(&path) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -175,6 +162,14 @@ impl DropIn {
             None if self.path.exists() => atomic::remove(&self.path),
             None => Ok(()),
             Some(text) => {
+                let dir = dropin_dir(config_path);
+                if !dir.is_dir() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o755)
+                        .create(&dir)
+                        .map_err(|e| io_failure(&dir, e))?;
+                }
                 let like = std::fs::metadata(&self.path)
                     .or_else(|_| std::fs::metadata(config_path))
                     .ok();
