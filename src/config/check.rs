@@ -15,16 +15,19 @@ use super::{Config, Device, Ingest, Inventory, Locator, Problem, Storage};
 pub(super) struct Checker<'a> {
     /// The file being checked.
     locate: &'a Locator<'a>,
+    /// Every problem found so far, in every file.
     pub(super) problems: Vec<Problem>,
     /// The directory of the outbox, where generated secrets are kept.
     pub(super) state_dir: PathBuf,
 }
 
 impl Checker<'_> {
+    /// A problem at `spanned` in the file being checked.
     pub(super) fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
         self.at_span(spanned.span(), message);
     }
 
+    /// A problem at the byte range `span` of the file being checked.
     pub(super) fn at_span(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
         self.problems
             .push(self.locate.problem(span, message.into()));
@@ -35,6 +38,7 @@ impl Checker<'_> {
         self.locate.file
     }
 
+    /// The trimmed text of the file `path` names, or a problem saying why it cannot be read.
     pub(super) fn read_file(&mut self, path: &Spanned<PathBuf>, what: &str) -> Option<String> {
         let full = self.resolve(path.get_ref());
         match std::fs::read_to_string(&full) {
@@ -46,6 +50,7 @@ impl Checker<'_> {
         }
     }
 
+    /// `p`, relative paths taken from the directory of the file being checked.
     pub(super) fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_owned()

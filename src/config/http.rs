@@ -6,6 +6,7 @@ use super::file::{FormatName, SinkFile};
 use super::sink::{SinkKind, refuse, span};
 use crate::sinks::format::{Format, Slack};
 
+/// The HTTP settings of sink `name`, refusing the MQTT keys.
 pub(super) fn check_http(c: &mut Checker<'_>, s: &SinkFile, name: &str) -> SinkKind {
     refuse(
         c,

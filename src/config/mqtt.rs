@@ -34,6 +34,7 @@ pub struct MqttSpec {
     pub status_topic: String,
 }
 
+/// The MQTT settings of sink `name`; its templates may use its `metadata`.
 pub(super) fn check_mqtt(
     c: &mut Checker<'_>,
     s: &SinkFile,

@@ -140,6 +140,7 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
+/// Checks one `[[sink]]` of the file `c` is checking; `None` when it has problems.
 pub(super) fn check_sink(c: &mut Checker<'_>, s: &SinkFile) -> Option<SinkSpec> {
     let before = c.problems.len();
     let name = s.name.get_ref().clone();
@@ -313,7 +314,7 @@ fn check_metadata(c: &mut Checker<'_>, s: &SinkFile, name: &str) -> BTreeMap<Str
 }
 
 /// Whether `key` may be a `metadata` key (and so appear in `{metadata.KEY}`).
-pub fn valid_metadata_key(key: &str) -> bool {
+fn valid_metadata_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 64
         && key
