@@ -1,9 +1,10 @@
 //! edgehook keeps every event a device produces in a SQLite outbox and forwards each one as a
 //! signed webhook once the device is online. The flow is sources → outbox → sinks.
 //!
-//! - [`config`]: the TOML file, parsed with serde and checked in one step that reports every
-//!   problem as `file:line:col: message`. Calls nothing else but [`sinks::signing`] to decode
-//!   secrets.
+//! - [`config`]: the TOML file and the drop-in sink files of `sinks.d/`, parsed with serde and
+//!   checked in one step that reports every problem as `file:line:col: message`; the secrets
+//!   generated for signing sinks given none. Calls nothing else but [`sinks::signing`] to decode
+//!   secrets and [`sinks::format`] for the body formats.
 //! - [`event`]: the event envelope, serialised once when an event enters the outbox.
 //! - [`outbox`]: the SQLite file. One thread owns the connection; everyone else sends it
 //!   commands, and commands that arrive together share a transaction (group commit).

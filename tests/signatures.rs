@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -36,23 +35,9 @@ fn the_standard_webhooks_reference_library_accepts_what_edgehook_sends_including
         return;
     }
     let old = edgehook::sinks::signing::generate_secret(edgehook::sinks::signing::Scheme::Standard);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/receivers/standardwebhooks_receiver.py"
-    );
     // The receiver knows only the previous secret: rotation must still verify.
-    let mut py = Command::new("python3")
-        .args([script, &old])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let mut lines = BufReader::new(py.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let port = first
-        .strip_prefix("listening ")
-        .expect("the receiver's port")
-        .to_string();
-    let sink = http_sink("ref", &format!("http://127.0.0.1:{port}/"), SECRET, "").replace(
+    let mut py = ReferenceReceiver::start(&old);
+    let sink = http_sink("ref", &py.url(), SECRET, "").replace(
         "[sink.retry]",
         &format!("previous_secrets = [\"{old}\"]\n[sink.retry]"),
     );
@@ -69,7 +54,7 @@ fn the_standard_webhooks_reference_library_accepts_what_edgehook_sends_including
         .collect();
     let mut got = Vec::new();
     while got.len() < ids.len() {
-        let line = lines.next().expect("a line per request").unwrap();
+        let line = py.next_line();
         assert!(
             line.starts_with("ok "),
             "the reference library refused: {line}"
@@ -77,8 +62,6 @@ fn the_standard_webhooks_reference_library_accepts_what_edgehook_sends_including
         got.push(line[3..].to_string());
     }
     assert_eq!(got, ids);
-    let _ = py.kill();
-    let _ = py.wait();
 }
 
 #[test]

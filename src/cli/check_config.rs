@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::exit::{Code, Failure};
-use crate::config::{Durability, SinkKind, WhenFull};
+use crate::config::{Durability, WhenFull};
 
 pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
     let c = super::load(config_path)?;
@@ -49,23 +49,19 @@ pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
         println!("sinks    none: events are acknowledged and not kept");
     }
     for s in &c.sinks {
-        let kind = match &s.kind {
-            SinkKind::Http { .. } => "http",
-            SinkKind::Mqtt(_) => "mqtt",
+        let from = if s.file == c.path {
+            String::new()
+        } else {
+            format!(", from {}", s.file.display())
         };
-        let events: Vec<String> = s
-            .events
-            .iter()
-            .map(|p| p.as_str().to_string())
-            .chain(s.exclude.iter().map(|p| format!("!{}", p.as_str())))
-            .collect();
         println!(
-            "sink     {} {} {}: {} signing, events {}, max_in_flight {}{}",
+            "sink     {} {} {}: {} signing, format {}, events {}, max_in_flight {}{}{from}",
             s.name,
-            kind,
+            s.transport(),
             s.display_url(),
             s.signer.scheme().name(),
-            events.join(","),
+            s.format().name(),
+            s.patterns().join(","),
             s.max_in_flight,
             if s.enabled { "" } else { " (disabled)" }
         );

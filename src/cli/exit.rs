@@ -96,6 +96,10 @@ impl From<DaemonError> for Failure {
         match e {
             DaemonError::Config(c) => c.into(),
             DaemonError::Store(s) => s.into(),
+            DaemonError::Secret(_) => Failure {
+                code: Code::IoErr,
+                error: Box::new(e),
+            },
             DaemonError::Sink(_) => Failure {
                 code: Code::Config,
                 error: Box::new(e),

@@ -11,6 +11,7 @@ mod lifecycle;
 mod receive;
 mod run;
 mod secret;
+mod sink;
 mod status;
 pub mod table;
 mod test;
@@ -63,6 +64,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Signing secrets
     Secret(secret::Args),
+    /// The sinks: list, show, and add, update or remove drop-in sinks (reloading the daemon)
+    Sink(sink::Args),
     /// Collect and print the inventory; --refresh makes the daemon collect and emit if changed
     Inventory(inventory::Args),
     /// Announce a new device status (device-status-changed, only when it changes)
@@ -118,6 +121,7 @@ fn dispatch(cli: Cli) -> Result<Code, Failure> {
         Command::Test(a) => test::run(&config_path, a),
         Command::Verify(a) => verify::run(a),
         Command::Secret(a) => secret::run(a),
+        Command::Sink(a) => sink::run(&config_path, a),
         Command::Inventory(a) => inventory::run(&config_path, a),
         Command::SetStatus(a) => lifecycle::set_status(&config_path, a),
         Command::Decommission => lifecycle::decommission(&config_path),

@@ -1,6 +1,7 @@
 //! `edgehook status`: each sink's queue, the outbox and the device, read from the outbox file,
 //! so it works whether or not the daemon runs.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
@@ -74,6 +75,10 @@ pub struct OutboxStatus {
 pub struct SinkStatus {
     /// Name.
     pub name: String,
+    /// The sink's `description` (`null` when it has none, and for an orphaned queue).
+    pub description: Option<String>,
+    /// The sink's `metadata` (empty when it has none, and for an orphaned queue).
+    pub metadata: BTreeMap<String, String>,
     /// `active`, `backing-off`, `paused`, `gone`, `disabled` or `orphaned`.
     pub state: String,
     /// URL without credentials (`null` for an orphaned queue).
@@ -125,13 +130,10 @@ pub fn collect(config: &Config) -> Result<Status, Failure> {
         } else {
             row.map_or("active".to_string(), |r| r.state.clone())
         };
-        sinks.push(sink_status(
-            &spec.name,
-            state,
-            Some(spec.display_url()),
-            row,
-            now,
-        ));
+        let mut status = sink_status(&spec.name, state, Some(spec.display_url()), row, now);
+        status.description = spec.description.clone();
+        status.metadata = spec.metadata.clone();
+        sinks.push(status);
     }
     for row in &report.sinks {
         if config.sink(&row.name).is_none() {
@@ -183,6 +185,8 @@ fn sink_status(
 ) -> SinkStatus {
     SinkStatus {
         name: name.to_string(),
+        description: None,
+        metadata: BTreeMap::new(),
         state,
         url,
         pending: row.map_or(0, |r| r.pending),
@@ -261,5 +265,22 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
         ]);
     }
     print!("{}", t.render());
+    let described: Vec<&SinkStatus> = s
+        .sinks
+        .iter()
+        .filter(|x| x.description.is_some() || !x.metadata.is_empty())
+        .collect();
+    if !described.is_empty() {
+        println!();
+        let mut t = Table::new(&["SINK", "DESCRIPTION", "METADATA"]);
+        for sink in described {
+            t.row(vec![
+                sink.name.clone(),
+                sink.description.clone().unwrap_or_else(|| "-".into()),
+                super::sink::metadata_text(&sink.metadata),
+            ]);
+        }
+        print!("{}", t.render());
+    }
     Ok(Code::Ok)
 }

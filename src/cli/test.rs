@@ -62,14 +62,15 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
     let spec = Arc::new(spec);
     let start_error = |e: crate::sinks::SinkError| Failure::new(Code::Config, e.to_string());
     let (attempt, mut headers) = match &spec.kind {
-        SinkKind::Http { headers: extra } => {
+        SinkKind::Http { headers: extra, .. } => {
             let sink = HttpSink::new(spec.clone(), &device_id).map_err(start_error)?;
             let now = SystemTime::now();
             let ts = now
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let attempt = sink.attempt_at(&event.id, &event.body, now);
-            let mut sent = sink.headers(&event.id, ts, &event.body);
+            let attempt = sink.attempt_at(&event.id, "webhook-test", &event.body, now);
+            let body = sink.body(&event.body);
+            let mut sent = sink.headers(&event.id, "webhook-test", ts, &body);
             // Configured headers often carry credentials: shown by name only.
             for (k, v) in &mut sent {
                 if extra.iter().any(|(name, _)| name == k) {

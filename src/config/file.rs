@@ -271,6 +271,34 @@ pub(super) struct SinkFile {
     pub client_id: Option<Spanned<String>>,
     pub keep_alive: Option<Spanned<Span>>,
     pub status_topic: Option<Spanned<String>>,
+    // Names and metadata.
+    pub description: Option<Spanned<String>>,
+    pub metadata: Option<Spanned<BTreeMap<String, String>>>,
+    // The body of HTTP sinks, and the Slack message's fields.
+    pub format: Option<Spanned<FormatName>>,
+    pub channel: Option<Spanned<String>>,
+    pub icon_emoji: Option<Spanned<String>>,
+    pub icon_url: Option<Spanned<String>>,
+}
+
+/// A drop-in file of `sinks.d/`: sinks only.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DropInFile {
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<Spanned<SinkFile>>,
+}
+
+/// The body formats of HTTP sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FormatName {
+    /// The stored event.
+    Envelope,
+    /// Only the event's `data`.
+    Data,
+    /// A Slack incoming-webhook message.
+    Slack,
 }
 
 fn default_events() -> Vec<Spanned<String>> {

@@ -1,8 +1,17 @@
-//! The TOML configuration: the types serde reads (`file`), and `check`, which turns them into
-//! the [`Config`] the daemon runs with, reporting every problem as `file:line:col: message`.
+//! The TOML configuration: the main file and the drop-in sink files of `sinks.d/` beside it.
+//! `file` holds the types serde reads; `check` (with `sink`, `http`, `mqtt` and `signing` for
+//! the sinks) turns them into the [`Config`] the daemon runs with, reporting every problem as
+//! `file:line:col: message`. `generated` keeps the secrets generated for signing sinks given
+//! none; `atomic` writes files whole or not at all.
 
+pub mod atomic;
 mod check;
 mod file;
+pub mod generated;
+mod http;
+mod mqtt;
+mod signing;
+mod sink;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -10,11 +19,21 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use check::{MqttSpec, SinkKind, SinkSpec};
 pub use file::{Durability, LogLevel, WhenFull};
+pub use mqtt::{MqttSpec, check_template, fill};
+pub use signing::SecretSource;
+pub use sink::{SinkKind, SinkSpec, display_url, valid_name};
 
 /// The default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/edgehook/edgehook.toml";
+
+/// The directory of drop-in sink files for the config file `path`: `sinks.d` beside it.
+pub fn dropin_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join("sinks.d"),
+        _ => PathBuf::from("sinks.d"),
+    }
+}
 
 /// A checked configuration, ready to run.
 #[derive(Debug, Clone)]
@@ -138,23 +157,65 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path` and the drop-in files of `sinks.d` beside it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        Self::load_with(path, &[])
     }
 
-    /// Checks `text` as if read from `path` (relative secret files resolve beside `path`).
+    /// Reads and checks the file at `path` and its drop-ins as if `changes` were made to
+    /// `sinks.d`: `(file, Some(text))` writes a drop-in file, `(file, None)` removes it.
+    pub fn load_with(
+        path: &Path,
+        changes: &[(PathBuf, Option<String>)],
+    ) -> Result<Config, ConfigError> {
+        let text = read(path)?;
+        let mut files = dropin_files(&dropin_dir(path))?;
+        for (file, _) in changes {
+            if !files.contains(file) {
+                files.push(file.clone());
+            }
+        }
+        files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        let mut dropins = Vec::new();
+        for file in files {
+            match changes.iter().find(|(changed, _)| *changed == file) {
+                Some((_, Some(text))) => dropins.push((file, text.clone())),
+                Some((_, None)) => {}
+                None => {
+                    let text = read(&file)?;
+                    dropins.push((file, text));
+                }
+            }
+        }
+        Self::assemble(path, &text, &dropins)
+    }
+
+    /// Checks `text` as if read from `path` (relative secret files resolve beside `path`),
+    /// without drop-ins.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Self::assemble(path, text, &[])
+    }
+
+    fn assemble(
+        path: &Path,
+        text: &str,
+        dropins: &[(PathBuf, String)],
+    ) -> Result<Config, ConfigError> {
         let locate = Locator { file: path, text };
-        let raw: file::ConfigFile = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            ConfigError::Invalid(vec![locate.problem(span, e.message().trim().to_string())])
-        })?;
-        check::check(raw, &locate).map_err(ConfigError::Invalid)
+        let raw: file::ConfigFile = locate.parse().map_err(|p| ConfigError::Invalid(vec![p]))?;
+        let locators: Vec<Locator<'_>> = dropins
+            .iter()
+            .map(|(file, text)| Locator { file, text })
+            .collect();
+        let mut files = Vec::new();
+        let mut problems = Vec::new();
+        for l in &locators {
+            match l.parse::<file::DropInFile>() {
+                Ok(f) => files.push((l, f)),
+                Err(p) => problems.push(p),
+            }
+        }
+        check::check(raw, &locate, &files, problems).map_err(ConfigError::Invalid)
     }
 
     /// The sink called `name`.
@@ -170,6 +231,13 @@ pub(crate) struct Locator<'a> {
 }
 
 impl Locator<'_> {
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
+        toml::from_str(self.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            self.problem(span, e.message().trim().to_string())
+        })
+    }
+
     fn problem(&self, span: std::ops::Range<usize>, message: String) -> Problem {
         let offset = span.start.min(self.text.len());
         let before = &self.text[..offset];
@@ -186,6 +254,44 @@ impl Locator<'_> {
     fn dir(&self) -> &Path {
         self.file.parent().unwrap_or(Path::new("."))
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The drop-in files of `dir`: its `*.toml` files, hidden ones left out, in name order.
+fn dropin_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|source| ConfigError::Read {
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let wanted = name.is_some_and(|n| n.ends_with(".toml") && !n.starts_with('.'));
+        // `metadata` follows links: a link to a file is a drop-in like the file.
+        if wanted && std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            files.push(path);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ fn a_sink_name_defined_twice_is_an_error() {
 #[test]
 fn urls_are_shown_without_credentials_or_query() {
     assert_eq!(
-        check::display_url("https://user:pw@hooks.example.com:8443/a/b?token=x"),
+        display_url("https://user:pw@hooks.example.com:8443/a/b?token=x"),
         "https://hooks.example.com:8443/a/b"
     );
 }
@@ -141,4 +141,206 @@ fn event_patterns_with_a_bang_exclude_types_from_a_sink() {
             && !a.wants("devices-inventory-changed")
     );
     assert!(b.wants("device-provisioned") && !b.wants("sensor.t"));
+}
+
+/// A config directory: the main file with `main`, and `sinks.d` with `dropins`.
+fn config_dir(main: &str, dropins: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edgehook.toml");
+    let storage = format!("[storage]\npath = \"{}/outbox.db\"\n", dir.path().display());
+    std::fs::write(&path, format!("{storage}{main}")).unwrap();
+    std::fs::create_dir(dir.path().join("sinks.d")).unwrap();
+    for (name, text) in dropins {
+        std::fs::write(dir.path().join("sinks.d").join(name), text).unwrap();
+    }
+    (dir, path)
+}
+
+fn none_sink(name: &str) -> String {
+    format!(
+        "[[sink]]\nname = \"{name}\"\nurl = \"http://127.0.0.1/\"\n[sink.signing]\nscheme = \"none\"\n"
+    )
+}
+
+#[test]
+fn drop_in_sinks_follow_the_main_files_in_file_name_order() {
+    let two = format!("{}{}", none_sink("a1"), none_sink("a2"));
+    let (dir, path) = config_dir(
+        &none_sink("main"),
+        &[
+            ("20-b.toml", &none_sink("b")),
+            ("10-a.toml", &two),
+            (".hidden.toml", &none_sink("hidden")),
+            ("notes.txt", "not a config"),
+            ("c.toml~", &none_sink("backup")),
+        ],
+    );
+    let c = Config::load(&path).unwrap();
+    let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["main", "a1", "a2", "b"]);
+    assert_eq!(c.sink("main").unwrap().file, path);
+    assert_eq!(
+        c.sink("a2").unwrap().file,
+        dir.path().join("sinks.d/10-a.toml")
+    );
+}
+
+#[test]
+fn a_sink_name_defined_in_two_files_is_an_error_naming_both() {
+    let (dir, path) = config_dir(&none_sink("cloud"), &[("cloud.toml", &none_sink("cloud"))]);
+    let Err(ConfigError::Invalid(p)) = Config::load(&path) else {
+        panic!("a duplicate name must be refused");
+    };
+    assert_eq!(p.len(), 1, "{p:?}");
+    let text = p[0].to_string();
+    let dropin = dir.path().join("sinks.d/cloud.toml");
+    assert!(
+        text.starts_with(&format!("{}:2:8: ", dropin.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "sink `cloud` is defined twice; first at {}:4:8",
+            path.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_drop_in_holds_only_sinks_and_its_problems_name_it() {
+    let (dir, path) = config_dir(
+        "",
+        &[
+            ("a.toml", "[storage]\npath = \"/tmp/x.db\"\n"),
+            (
+                "b.toml",
+                "[[sink]]\nname = \"b\"\nurl = \"ftp://x\"\n[sink.signing]\nscheme = \"none\"\n",
+            ),
+        ],
+    );
+    let Err(ConfigError::Invalid(p)) = Config::load(&path) else {
+        panic!("expected problems");
+    };
+    let p: Vec<String> = p.iter().map(ToString::to_string).collect();
+    let file = |n: &str| dir.path().join("sinks.d").join(n).display().to_string();
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with(&format!("{}:1:2: ", file("a.toml"))) && x.contains("storage")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter()
+            .any(|x| x.starts_with(&format!("{}:3:7: ", file("b.toml"))) && x.contains("url")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn load_with_checks_the_config_as_if_a_drop_in_were_written_or_removed() {
+    let (dir, path) = config_dir(&none_sink("main"), &[("old.toml", &none_sink("old"))]);
+    let d = dir.path().join("sinks.d");
+    let c = Config::load_with(
+        &path,
+        &[
+            (d.join("new.toml"), Some(none_sink("new"))),
+            (d.join("old.toml"), None),
+        ],
+    )
+    .unwrap();
+    let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["main", "new"]);
+    assert!(!d.join("new.toml").exists(), "nothing is written");
+}
+
+#[test]
+fn slack_keys_belong_to_the_slack_format_and_format_to_http_sinks() {
+    let c = parse(
+        "[[sink]]\nname = \"chat\"\nurl = \"https://hooks.slack.com/services/x\"\nformat = \"slack\"\nchannel = \"#ops\"\nusername = \"edgehook\"\nicon_emoji = \":satellite:\"\n[sink.signing]\nscheme = \"none\"\n",
+    )
+    .unwrap();
+    let Some(SinkKind::Http { format, .. }) = c.sinks.first().map(|s| &s.kind) else {
+        panic!("an HTTP sink");
+    };
+    let crate::sinks::format::Format::Slack(slack) = format else {
+        panic!("slack format");
+    };
+    assert_eq!(slack.channel.as_deref(), Some("#ops"));
+    assert_eq!(slack.username.as_deref(), Some("edgehook"));
+    let p = problems(
+        "[[sink]]\nname = \"a\"\nurl = \"https://x/\"\nformat = \"data\"\nchannel = \"#ops\"\nusername = \"u\"\n[sink.signing]\nscheme = \"none\"\n\
+         [[sink]]\nname = \"b\"\nurl = \"mqtt://x:1883\"\nformat = \"data\"\n[sink.signing]\nscheme = \"none\"\n\
+         [[sink]]\nname = \"c\"\nurl = \"https://x/\"\nformat = \"slack\"\nicon_emoji = \":x:\"\nicon_url = \"ftp://i\"\n[sink.signing]\nscheme = \"none\"\n",
+    );
+    let all = p.join("\n");
+    for expected in [
+        ":5:11: sink `a`: `channel` is for `format = \"slack\"` only",
+        ":6:12: sink `a`: `username` is for MQTT sinks and `format = \"slack\"` only",
+        ":12:10: sink `b`: `format` is for HTTP sinks only",
+        "sink `c`: give `icon_emoji` or `icon_url`, not both",
+        "sink `c`: `icon_url` must be an http(s):// URL",
+    ] {
+        assert!(all.contains(expected), "{expected} not in:\n{all}");
+    }
+    let p = problems(
+        "[[sink]]\nname = \"d\"\nurl = \"https://x/\"\nformat = \"xml\"\n[sink.signing]\nscheme = \"none\"\n",
+    );
+    assert!(
+        p[0].contains(":4:10: unknown variant `xml`, expected one of `envelope`, `data`, `slack`"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn metadata_fills_topic_templates_and_an_unknown_key_is_an_error() {
+    let c = parse(
+        "[[sink]]\nname = \"m\"\nurl = \"mqtt://b:1883\"\ndescription = \"Plant floor\"\nmetadata = { site = \"berlin\", line = \"4\" }\ntopic = \"plants/{metadata.site}/{metadata.line}/{type}\"\n[sink.signing]\nscheme = \"none\"\n",
+    )
+    .unwrap();
+    let s = &c.sinks[0];
+    assert_eq!(s.description.as_deref(), Some("Plant floor"));
+    let SinkKind::Mqtt(m) = &s.kind else {
+        panic!("an MQTT sink")
+    };
+    assert_eq!(
+        fill(&m.topic, "dev", "sensor.t", &s.name, &s.metadata),
+        "plants/berlin/4/sensor.t"
+    );
+    let p = problems(
+        "[[sink]]\nname = \"m\"\nurl = \"mqtt://b:1883\"\nmetadata = { site = \"a+b\", \"bad key\" = \"x\" }\ntopic = \"p/{metadata.site}/{metadata.nope}\"\n[sink.signing]\nscheme = \"none\"\n",
+    );
+    let all = p.join("\n");
+    assert!(all.contains("metadata key `bad key`"), "{all}");
+    assert!(all.contains("`metadata.site` is used in"), "{all}");
+    let p = problems(
+        "[[sink]]\nname = \"m\"\nurl = \"mqtt://b:1883\"\nmetadata = { site = 4 }\n[sink.signing]\nscheme = \"none\"\n",
+    );
+    assert!(p[0].contains(":4:"), "{p:?}");
+}
+
+#[test]
+fn a_signing_sink_without_a_secret_awaits_one_generated_into_the_state_directory() {
+    let sink =
+        "[[sink]]\nname = \"cloud\"\nurl = \"https://x/\"\n[sink.signing]\nscheme = \"mender\"\n";
+    let (dir, path) = config_dir(sink, &[]);
+    let mut c = Config::load(&path).unwrap();
+    let expected = dir.path().join("secrets/cloud.mender.secret");
+    assert_eq!(c.sinks[0].secret, SecretSource::Generated(expected.clone()));
+    assert!(!c.sinks[0].signer.is_ready());
+    let made = generated::provide(&mut c).unwrap();
+    assert_eq!(made, [("cloud".to_string(), expected.clone())]);
+    assert!(c.sinks[0].signer.is_ready());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&expected).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(expected.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+    // Read back at the next load, the same secret; nothing new is generated.
+    let mut again = Config::load(&path).unwrap();
+    assert!(again.sinks[0].signer.is_ready());
+    assert_eq!(again.sinks[0].signer.reveal(), c.sinks[0].signer.reveal());
+    assert!(generated::provide(&mut again).unwrap().is_empty());
 }

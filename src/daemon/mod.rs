@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
+use crate::config::generated::{self, SecretError};
 use crate::config::{Config, ConfigError};
 use crate::outbox::{Opened, Outbox, Route, StoreError, now_ms};
 use crate::sinks::{SinkError, SinkRunner};
@@ -37,6 +38,9 @@ pub enum DaemonError {
     /// A sink could not start.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A generated secret could not be kept.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// Something else failed.
     #[error("{0}")]
     Internal(String),
@@ -94,22 +98,32 @@ impl Pipeline {
         Ok(runners)
     }
 
-    /// SIGHUP: read the file again; an invalid one keeps the running config.
-    fn reload(&self) {
-        let config = match Config::load(&self.config_path) {
+    /// SIGHUP or the socket's `reload`: read the files again and restart the sinks with them;
+    /// an invalid file keeps the running config. Returns how many sinks run, or why the new
+    /// config was refused.
+    fn reload(&self) -> Result<usize, String> {
+        // Held throughout, so reloads asked at once apply one after the other, each reading the
+        // files as they are when its turn comes.
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        let config = match Config::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                provide_secrets(&mut c)
+                    .map(|()| c)
+                    .map_err(|e| e.to_string())
+            }) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("Reload refused, the running config stays: {e}");
-                return;
+                return Err(e);
             }
         };
-        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
         let timeout = *self
             .shutdown_timeout
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         stop_all(std::mem::take(&mut *sinks), Instant::now() + timeout);
-        match self.start_sinks(&config) {
+        let result = match self.start_sinks(&config) {
             Ok(runners) => {
                 *sinks = runners;
                 *self
@@ -121,15 +135,30 @@ impl Pipeline {
                     self.config_path.display(),
                     sinks.len()
                 );
+                Ok(sinks.len())
             }
-            Err(e) => log::error!("Reload failed, no sink is running until the next reload: {e}"),
-        }
+            Err(e) => {
+                log::error!("Reload failed, no sink is running until the next reload: {e}");
+                Err(format!("the sinks could not start: {e}"))
+            }
+        };
         let (reply, _) = tokio::sync::oneshot::channel();
         let _ = self.device.blocking_send(control::Request {
             op: Op::Reload(Box::new(config)),
             reply,
         });
+        result
     }
+}
+
+/// Gives the sinks awaiting a generated secret theirs, saying which were generated now (never
+/// the secret itself).
+fn provide_secrets(config: &mut Config) -> Result<(), SecretError> {
+    for (name, path) in generated::provide(config)? {
+        log::info!(sink = name.as_str();
+            "Generated a signing secret for sink {name}, kept in {}; `edgehook sink show {name} --reveal-secret` shows it for the receiver", path.display());
+    }
+    Ok(())
 }
 
 impl Pipeline {
@@ -204,6 +233,14 @@ async fn dispatch(
     let work: Box<dyn FnOnce(&Pipeline) -> control::Answer + Send> = match op {
         Op::Redeliver(which) => Box::new(move |p| p.redeliver(which)),
         Op::Resume(name) => Box::new(move |p| p.resume(&name)),
+        Op::ReloadFiles => Box::new(|p| {
+            let running = p
+                .reload()
+                .map_err(|e| control::Refusal::new("invalid", e))?;
+            let mut m = serde_json::Map::new();
+            m.insert("sinks".into(), running.into());
+            Ok(m)
+        }),
         op => {
             let _ = device.send(control::Request { op, reply }).await;
             return;
@@ -248,7 +285,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// Runs the daemon until `shutdown` completes.
-pub fn run_until(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub fn run_until(
+    mut config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    provide_secrets(&mut config)?;
     let (outbox, opened, store_thread) =
         Outbox::open(&config.storage, config.device.id.as_deref())?;
     if let Some(aside) = &opened.moved_aside {
@@ -387,7 +428,10 @@ async fn serve(
             _ = hup.recv() => {
                 log::info!("SIGHUP: reloading {}", pipeline.config_path.display());
                 let p = pipeline.clone();
-                let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = p.reload();
+                })
+                .await;
             }
             Some(request) = control_rx.recv() => {
                 dispatch(&pipeline, &pipeline.device, request).await;

@@ -1,14 +1,16 @@
 //! The HTTP transport: one signed `POST` per attempt over a kept-alive ureq agent, and the
 //! classification of what came back (section 3 of the spec).
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
+use super::format::Format;
 use super::{Attempt, Outcome, SinkError, backoff, tls};
-use crate::config::SinkSpec;
+use crate::config::{SinkKind, SinkSpec};
 
 /// How much of a response body is read (and thrown away) so the connection can be reused.
 const BODY_LIMIT: u64 = 64 * 1024;
@@ -23,6 +25,7 @@ pub struct HttpSink {
 impl HttpSink {
     /// An agent for `spec`, with its TLS settings loaded.
     pub fn new(spec: Arc<SinkSpec>, device_id: &str) -> Result<Self, SinkError> {
+        super::check_ready(&spec)?;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -40,9 +43,24 @@ impl HttpSink {
         })
     }
 
-    /// The headers an attempt at Unix second `timestamp` sends, in order (signature values
-    /// included, never the secret).
-    pub fn headers(&self, id: &str, timestamp: u64, body: &[u8]) -> Vec<(String, String)> {
+    /// The body sent for the stored event `stored`, in the sink's format.
+    pub fn body<'a>(&self, stored: &'a [u8]) -> Cow<'a, [u8]> {
+        match &self.spec.kind {
+            SinkKind::Http { format, .. } => format.render(stored, &self.device_id),
+            SinkKind::Mqtt(_) => Cow::Borrowed(stored),
+        }
+    }
+
+    /// The headers an attempt at Unix second `timestamp` sends with `body`, in order (signature
+    /// values included, never the secret). A body other than the envelope no longer holds the
+    /// event's id and type, so they travel as `webhook-id` and `edgehook-event-type`.
+    pub fn headers(
+        &self,
+        id: &str,
+        event_type: &str,
+        timestamp: u64,
+        body: &[u8],
+    ) -> Vec<(String, String)> {
         let mut h: Vec<(String, String)> = vec![
             ("content-type".into(), "application/json".into()),
             (
@@ -51,35 +69,45 @@ impl HttpSink {
             ),
             ("edgehook-device-id".into(), self.device_id.clone()),
         ];
-        h.extend(
-            self.spec
-                .signer
-                .headers(id, timestamp, body)
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v)),
-        );
-        if let crate::config::SinkKind::Http { headers } = &self.spec.kind {
-            h.extend(headers.iter().cloned());
+        let signature = self.spec.signer.headers(id, timestamp, body);
+        let (headers, format) = match &self.spec.kind {
+            SinkKind::Http { headers, format } => (headers.as_slice(), format),
+            SinkKind::Mqtt(_) => (&[][..], &Format::Envelope),
+        };
+        if *format != Format::Envelope {
+            if !signature.iter().any(|(k, _)| *k == "webhook-id") {
+                h.push(("webhook-id".into(), id.to_string()));
+            }
+            h.push(("edgehook-event-type".into(), event_type.to_string()));
         }
+        h.extend(signature.into_iter().map(|(k, v)| (k.to_string(), v)));
+        h.extend(headers.iter().cloned());
         h
     }
 
-    /// One attempt: signs `body` for now and posts it.
-    pub fn attempt(&self, id: &str, body: &[u8]) -> Attempt {
-        self.attempt_at(id, body, SystemTime::now())
+    /// One attempt: renders and signs the stored event `stored` for now and posts it.
+    pub fn attempt(&self, id: &str, event_type: &str, stored: &[u8]) -> Attempt {
+        self.attempt_at(id, event_type, stored, SystemTime::now())
     }
 
     /// One attempt signed for `now` (so a caller can show the headers it sends).
-    pub fn attempt_at(&self, id: &str, body: &[u8], now: SystemTime) -> Attempt {
+    pub fn attempt_at(
+        &self,
+        id: &str,
+        event_type: &str,
+        stored: &[u8],
+        now: SystemTime,
+    ) -> Attempt {
         let ts = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let body = self.body(stored);
         let mut req = self.agent.post(&self.spec.url);
-        for (k, v) in self.headers(id, ts, body) {
+        for (k, v) in self.headers(id, event_type, ts, &body) {
             req = req.header(k, v);
         }
         let started = Instant::now();
-        let result = req.send(body);
+        let result = req.send(&*body);
         let latency = started.elapsed();
         match result {
             Ok(mut resp) => {

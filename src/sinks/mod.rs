@@ -4,6 +4,7 @@
 //! dead letter, or shutdown. With one worker the sink delivers strictly in outbox order.
 
 pub mod backoff;
+pub mod format;
 pub mod http;
 pub mod mqtt;
 pub mod signing;
@@ -36,6 +37,20 @@ pub enum SinkError {
         /// What is wrong.
         message: String,
     },
+    /// A signing sink's generated secret does not exist yet, or cannot be read here.
+    #[error(
+        "sink {0} has no signing secret here: its generated secret is made when the daemon first starts the sink, and only the daemon's user and root may read it"
+    )]
+    NoSecret(String),
+}
+
+/// Refuses a sink whose signer still awaits its generated secret.
+fn check_ready(spec: &SinkSpec) -> Result<(), SinkError> {
+    if spec.signer.is_ready() {
+        Ok(())
+    } else {
+        Err(SinkError::NoSecret(spec.name.clone()))
+    }
 }
 
 /// What one attempt came to.
@@ -297,7 +312,7 @@ fn deliver(s: &Shared, d: Delivery) {
         let Transport::Http(http) = &s.transport else {
             return;
         };
-        let a = http.attempt(&d.id, &d.body);
+        let a = http.attempt(&d.id, &d.event_type, &d.body);
         attempts += 1;
         let status = a.status.map_or(0, u64::from);
         let latency_ms = a.latency.as_millis() as u64;

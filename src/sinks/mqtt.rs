@@ -38,6 +38,7 @@ pub struct MqttSink {
 impl MqttSink {
     /// Settings for `spec`, with its TLS material loaded.
     pub fn new(spec: Arc<SinkSpec>, device_id: &str) -> Result<Self, SinkError> {
+        super::check_ready(&spec)?;
         let tls = match &spec.kind {
             SinkKind::Mqtt(m) if m.tls => Some(super::tls::client_config(&spec)?),
             _ => None,
@@ -66,10 +67,13 @@ impl MqttSink {
 
     /// Fills a topic template.
     pub fn fill(&self, template: &str, event_type: &str) -> String {
-        template
-            .replace("{device_id}", &self.device_id)
-            .replace("{type}", event_type)
-            .replace("{sink}", &self.spec.name)
+        crate::config::fill(
+            template,
+            &self.device_id,
+            event_type,
+            &self.spec.name,
+            &self.spec.metadata,
+        )
     }
 
     /// The connection options: client id, credentials, keep-alive, will, TLS.

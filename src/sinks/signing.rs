@@ -56,15 +56,18 @@ impl std::str::FromStr for Scheme {
 pub struct Signer {
     scheme: Scheme,
     keys: Vec<Vec<u8>>,
+    /// The current secret is still to be generated (`keys` holds only previous ones).
+    awaiting: bool,
 }
 
 impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Signer({}, {} key(s))",
+            "Signer({}, {} key(s){})",
             self.scheme.name(),
-            self.keys.len()
+            self.keys.len(),
+            if self.awaiting { ", awaiting one" } else { "" }
         )
     }
 }
@@ -76,6 +79,7 @@ impl Signer {
             return Ok(Signer {
                 scheme,
                 keys: Vec::new(),
+                awaiting: false,
             });
         }
         let current = current.ok_or_else(|| {
@@ -84,11 +88,51 @@ impl Signer {
                 scheme.name()
             )
         })?;
-        let mut keys = vec![parse_secret(scheme, current)?];
-        for p in previous {
-            keys.push(parse_secret(scheme, p)?);
+        Signer::awaiting(scheme, previous)?.with_current(current)
+    }
+
+    /// A signer whose current secret is generated later ([`Signer::with_current`]); until
+    /// then it cannot sign, and sinks refuse to start with it.
+    pub fn awaiting(scheme: Scheme, previous: &[&str]) -> Result<Self, String> {
+        let keys = previous
+            .iter()
+            .map(|p| parse_secret(scheme, p))
+            .collect::<Result<_, _>>()?;
+        Ok(Signer {
+            scheme,
+            keys,
+            awaiting: scheme != Scheme::None,
+        })
+    }
+
+    /// This signer with `current` as its current secret, before the previous ones.
+    pub fn with_current(mut self, current: &str) -> Result<Self, String> {
+        if self.scheme == Scheme::None {
+            return Ok(self);
         }
-        Ok(Signer { scheme, keys })
+        let key = parse_secret(self.scheme, current)?;
+        if !self.awaiting {
+            self.keys.remove(0);
+        }
+        self.keys.insert(0, key);
+        self.awaiting = false;
+        Ok(self)
+    }
+
+    /// Whether it can sign: `false` while its secret is still to be generated.
+    pub fn is_ready(&self) -> bool {
+        !self.awaiting
+    }
+
+    /// The current secret, written as the scheme writes it (for `sink show --reveal-secret`
+    /// only; nothing else may print it).
+    pub fn reveal(&self) -> Option<String> {
+        let key = self.keys.first().filter(|_| !self.awaiting)?;
+        match self.scheme {
+            Scheme::Standard => Some(format!("{STANDARD_PREFIX}{}", B64.encode(key))),
+            Scheme::Mender => Some(hex::encode(key)),
+            Scheme::None => None,
+        }
     }
 
     /// The scheme.
@@ -404,6 +448,24 @@ mod tests {
             let e = parse_secret(scheme, bad).unwrap_err();
             assert!(!e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn a_signer_awaiting_its_secret_cannot_sign_until_it_has_one_and_then_signs_first_with_it() {
+        let previous = generate_secret(Scheme::Standard);
+        let waiting = Signer::awaiting(Scheme::Standard, &[previous.as_str()]).unwrap();
+        assert!(!waiting.is_ready());
+        assert_eq!(waiting.reveal(), None);
+        let s = waiting.with_current(SECRET).unwrap();
+        assert!(s.is_ready());
+        assert_eq!(s.reveal().as_deref(), Some(SECRET));
+        let h = s.headers(ID, TS, BODY);
+        assert!(
+            h[2].1
+                .starts_with("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= v1,")
+        );
+        let mender = Signer::new(Scheme::Mender, Some("6D656E646572"), &[]).unwrap();
+        assert_eq!(mender.reveal().as_deref(), Some("6d656e646572"));
     }
 
     #[test]

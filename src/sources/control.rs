@@ -21,8 +21,10 @@ pub enum Op {
     Redeliver(crate::outbox::Redeliver),
     /// Un-pause a sink paused by 410.
     Resume(String),
-    /// The config was reloaded (from SIGHUP, never from the socket).
+    /// The config was reloaded (from the daemon to the device source, never from the socket).
     Reload(Box<Config>),
+    /// Read the config files again (the socket's `reload`, as SIGHUP).
+    ReloadFiles,
 }
 
 /// A refused request: the socket's error code and a message for the client.

@@ -212,7 +212,7 @@ impl DeviceSource {
                 self.refresh_inventory().await.map(changed).map_err(refusal)
             }
             // Handled by the daemon, never sent here.
-            Op::Reload(_) | Op::Redeliver(_) | Op::Resume(_) => Ok(Map::new()),
+            Op::Reload(_) | Op::ReloadFiles | Op::Redeliver(_) | Op::Resume(_) => Ok(Map::new()),
         }
     }
 

@@ -282,6 +282,7 @@ async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
             };
             return Some(ask(ingest, Op::Redeliver(which)).await);
         }
+        Some("reload") => return Some(ask(ingest, Op::ReloadFiles).await),
         Some("resume") => {
             let Some(sink) = req.sink else {
                 return ready("invalid", "`resume` needs a `sink`");

@@ -6,7 +6,9 @@
 pub mod broker;
 pub mod pki;
 pub mod receiver;
+pub mod reference;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use serde_json::{Value, json};
 
 pub use pki::{make_pki, openssl_available, openssl_hmac_sha256};
 pub use receiver::{Behaviour, Receiver, Request, Response};
+pub use reference::ReferenceReceiver;
 
 /// A command running the edgehook binary, through `EDGEHOOK_TEST_RUNNER` when it is set (for
 /// example `qemu-aarch64-static -L /usr/aarch64-linux-gnu` for ARM builds).
@@ -344,4 +347,44 @@ pub fn verify_standard(req: &Request, secret: &str) -> Result<(), String> {
         Duration::from_secs(300),
     )
     .map_err(|e| e.to_string())
+}
+
+/// `edgehook --config CONFIG sink ARGS…`.
+pub fn sink_cmd(setup: &Setup, args: &[&str]) -> Output {
+    let mut all = vec!["sink"];
+    all.extend_from_slice(args);
+    run(&setup.config, &all)
+}
+
+/// Every file of `dir` with its content (none when `dir` does not exist).
+pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .map(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                    (name, std::fs::read_to_string(&p).unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The standard output of a command that must have succeeded.
+pub fn succeeded(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Checks that a command exited 78 (configuration error) saying `reason`.
+pub fn refused_with_78(out: &Output, reason: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains(reason), "{reason:?} not in: {stderr}");
 }
