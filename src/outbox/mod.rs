@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use read::{
     ActivityRow, DeadLetter, OutboxReport, SinkReport, activity, dead_letters, read_report,
 };
-pub use schema::{SCHEMA_VERSION, open_ro};
+pub use schema::{SCHEMA_VERSION, open_ro, open_rw};
 
 use crate::config::{SinkSpec, Storage};
 use crate::event::NewEvent;

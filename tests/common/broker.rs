@@ -47,8 +47,23 @@ fn free_port() -> u16 {
 }
 
 impl Broker {
-    /// Starts mosquitto on a free port with `extra` config lines for its listener.
+    /// Starts mosquitto on a free port with `extra` config lines for its listener, keeping its
+    /// sessions on disk and logging everything (tests read the log).
     pub fn start(dir: &Path, extra: &str) -> Broker {
+        Broker::start_with(dir, "persistence true\nlog_type all\n", extra)
+    }
+
+    /// Starts mosquitto as a device's broker would run: no per-message log, no persistence
+    /// (the benchmarks).
+    pub fn start_quiet(dir: &Path) -> Broker {
+        Broker::start_with(
+            dir,
+            "persistence false\nlog_type error\nallow_anonymous true\n",
+            "",
+        )
+    }
+
+    fn start_with(dir: &Path, base: &str, extra: &str) -> Broker {
         let dir = dir.join(format!("broker-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -63,7 +78,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "{user}listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nlog_type all\n{extra}\n",
+                "{user}listener {port} 127.0.0.1\n{base}persistence_location {}/\nlog_dest file {}/mosquitto.log\n{extra}\n",
                 dir.display(),
                 dir.display()
             ),

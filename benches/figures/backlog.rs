@@ -1,0 +1,135 @@
+//! What a large backlog costs: start-up to READY=1, `status`, the drain rate with 1,000,000
+//! pending against 1,000, memory while draining it and at rest, CPU at rest, and the bytes
+//! written to storage per event.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Setup, edgehook, run, wait_until};
+use crate::drain::{
+    arrival_rate, configure, copy_of, limit, pending, start_draining, wait_drained,
+};
+use crate::ingest::{emit_concurrently, parked_sink, sink};
+use crate::measure::{cpu_time, status_kib, write_bytes};
+use crate::receiver::Receiver;
+
+/// Starts the daemon with `NOTIFY_SOCKET` and returns it with the time from exec to `READY=1`.
+pub fn start_until_ready(setup: &Setup) -> (Child, Duration) {
+    let notify = setup.dir.path().join("notify.sock");
+    let _ = std::fs::remove_file(&notify);
+    let socket = UnixDatagram::bind(&notify).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let started = Instant::now();
+    let mut child = edgehook()
+        .arg("--config")
+        .arg(&setup.config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the daemon starts");
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no READY=1 within a minute: {e}");
+            }
+        };
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if text.lines().any(|l| l == "READY=1") {
+            return (child, started.elapsed());
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
+/// Start-up (s) and `status --json` (s) with the backlog pending and its sink down.
+pub fn startup_and_status(backlog: &Setup, runs: usize) -> (Vec<f64>, Vec<f64>) {
+    let setup = copy_of(backlog);
+    configure(&setup, "full", &parked_sink());
+    let (mut starts, mut statuses) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (child, took) = start_until_ready(&setup);
+        starts.push(took.as_secs_f64());
+        let t = Instant::now();
+        let out = run(&setup.config, &["status", "--json"]);
+        statuses.push(t.elapsed().as_secs_f64());
+        assert!(out.status.success(), "status failed");
+        stop(child);
+    }
+    (starts, statuses)
+}
+
+/// The ordered drain rate over `window` deliveries after the first 1,000, with the whole
+/// backlog pending when it starts.
+pub fn scaling_rate(backlog: &Setup, receiver: &Receiver, window: usize) -> f64 {
+    let setup = copy_of(backlog);
+    receiver.reset();
+    let _daemon = start_draining(&setup, &receiver.url(), "max_in_flight = 1");
+    let skip = 1_000.min(window / 10);
+    wait_until(limit(skip + window), "the window to arrive", || {
+        receiver.count() as usize >= skip + window
+    });
+    arrival_rate(receiver, skip, window)
+}
+
+fn backlog_len(backlog: &Setup) -> usize {
+    pending(&backlog.db()) as usize
+}
+
+/// Peak RSS (KiB) draining the backlog with 8 in flight, then RSS (KiB) and CPU time after
+/// `idle` with nothing to do.
+pub struct Rest {
+    pub peak_kib: u64,
+    pub idle_rss_kib: u64,
+    pub idle_cpu: Duration,
+}
+
+pub fn memory_and_idle(backlog: &Setup, receiver: &Receiver, idle: Duration) -> Rest {
+    let setup = copy_of(backlog);
+    let daemon = start_draining(&setup, &receiver.url(), "max_in_flight = 8");
+    wait_drained(&setup.db(), limit(backlog_len(backlog)));
+    let pid = daemon.pid();
+    let peak_kib = status_kib(pid, "VmHWM");
+    // Let the last reports and the checkpoint settle before the idle window starts.
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_before = cpu_time(pid);
+    std::thread::sleep(idle);
+    Rest {
+        peak_kib,
+        idle_rss_kib: status_kib(pid, "VmRSS"),
+        idle_cpu: cpu_time(pid) - cpu_before,
+    }
+}
+
+/// Bytes the daemon wrote to storage per event, from ingest (8 clients, full durability) to
+/// the deletion of the delivered events.
+pub fn flash_wear(receiver: &Receiver, n: usize) -> f64 {
+    let setup = Setup::new("");
+    configure(
+        &setup,
+        "full",
+        &sink("cloud", &receiver.url(), "max_in_flight = 8"),
+    );
+    let daemon = setup.start();
+    let pid = daemon.pid();
+    let before = write_bytes(pid);
+    emit_concurrently(&setup.socket(), n);
+    wait_drained(&setup.db(), limit(n));
+    (write_bytes(pid) - before) as f64 / n as f64
+}

@@ -1,0 +1,184 @@
+//! Draining a backlog: over HTTP to the minimal receiver (against oha on the same receiver)
+//! and through Mosquitto with QoS 1 (against mosquitto_pub publishing the same payloads).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Daemon, Setup, wait_until};
+use crate::ingest::{CLIENTS, emit_concurrently, parked_sink, payload, sink};
+use crate::measure::rate;
+use crate::receiver::Receiver;
+
+/// Writes the config: the outbox with `durability`, the socket, and `sinks`.
+pub fn configure(setup: &Setup, durability: &str, sinks: &str) {
+    let d = setup.dir.path().display();
+    let text = format!(
+        "[storage]\npath = \"{d}/outbox.db\"\ndurability = \"{durability}\"\n[ingest]\nsocket = \"{d}/ingest.sock\"\n[daemon]\nshutdown_timeout = \"2s\"\n[inventory]\nbuiltin = false\nscripts_dirs = []\n{sinks}\n"
+    );
+    std::fs::write(&setup.config, text).expect("config written");
+}
+
+/// A stopped outbox with `n` events waiting for the sink `cloud`.
+pub fn backlog(n: usize) -> Setup {
+    let setup = Setup::new("");
+    configure(&setup, "normal", &parked_sink());
+    let mut daemon = setup.start();
+    emit_concurrently(&setup.socket(), n);
+    assert_eq!(daemon.terminate(), Some(0), "the daemon stops cleanly");
+    assert_eq!(pending(&setup.db()), (n / CLIENTS * CLIENTS) as i64);
+    setup
+}
+
+/// A copy of `from`'s outbox in a new directory.
+pub fn copy_of(from: &Setup) -> Setup {
+    let to = Setup::new("");
+    for suffix in ["", "-wal"] {
+        let src = PathBuf::from(format!("{}{suffix}", from.db().display()));
+        if src.exists() {
+            std::fs::copy(&src, format!("{}{suffix}", to.db().display())).expect("outbox copied");
+        }
+    }
+    to
+}
+
+/// Events waiting in the outbox, over all sinks.
+pub fn pending(db: &Path) -> i64 {
+    let conn = edgehook::outbox::open_ro(db)
+        .expect("the outbox opens")
+        .expect("the outbox exists");
+    let report = edgehook::outbox::read_report(&conn).expect("a report");
+    report.sinks.iter().map(|s| s.pending).sum()
+}
+
+/// How long moving `n` events may take before the run counts as stuck: a minute, plus 2 ms an
+/// event (ten times slower than any target allows).
+pub fn limit(n: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(2 * n as u64)
+}
+
+/// Waits until the outbox holds nothing for any sink.
+pub fn wait_drained(db: &Path, limit: Duration) {
+    wait_until(limit, "the outbox to drain", || pending(db) == 0);
+}
+
+/// The rate (events/s) at which the receiver got `n` events, between the first and the last.
+pub fn arrival_rate(receiver: &Receiver, from: usize, n: usize) -> f64 {
+    let arrivals = receiver.arrivals();
+    assert!(
+        arrivals.len() >= from + n,
+        "only {} arrivals",
+        arrivals.len()
+    );
+    rate(n - 1, arrivals[from + n - 1] - arrivals[from])
+}
+
+/// Starts a daemon on `setup` with its sink `cloud` pointed at `url`.
+pub fn start_draining(setup: &Setup, url: &str, extra: &str) -> Daemon {
+    configure(setup, "full", &sink("cloud", url, extra));
+    setup.start()
+}
+
+/// edgehook draining `n` events to the receiver with `max_in_flight`; events/s.
+pub fn http(backlog: &Setup, receiver: &Receiver, n: usize, max_in_flight: usize) -> f64 {
+    let setup = copy_of(backlog);
+    receiver.reset();
+    let _daemon = start_draining(
+        &setup,
+        &receiver.url(),
+        &format!("max_in_flight = {max_in_flight}"),
+    );
+    wait_until(limit(n), "the receiver to get them all", || {
+        receiver.count() as usize >= n
+    });
+    wait_drained(&setup.db(), Duration::from_secs(60));
+    arrival_rate(receiver, 0, n)
+}
+
+/// The oha binary: next to cargo's, or on PATH.
+pub fn oha() -> Option<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    home.map(|h| h.join("bin/oha"))
+        .filter(|p| p.exists())
+        .or_else(|| {
+            Command::new("oha")
+                .arg("--version")
+                .output()
+                .ok()
+                .map(|_| PathBuf::from("oha"))
+        })
+}
+
+/// oha sending `n` POSTs of the 256-byte payload over `connections`; requests/s.
+pub fn oha_rate(dir: &Path, receiver: &Receiver, n: usize, connections: usize) -> f64 {
+    let body = dir.join("payload.json");
+    std::fs::write(&body, payload(0)).unwrap();
+    let out = Command::new(oha().expect("oha is installed (cargo install oha)"))
+        .args(["--no-tui", "--output-format", "json", "-m", "POST"])
+        .args(["-T", "application/json", "-D"])
+        .arg(&body)
+        .args(["-n", &n.to_string(), "-c", &connections.to_string()])
+        .arg(receiver.url())
+        .stdin(Stdio::null())
+        .output()
+        .expect("oha runs");
+    assert!(
+        out.status.success(),
+        "oha failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("oha prints JSON");
+    let ok = v["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    assert_eq!(ok as usize, n, "oha got {ok} answers 200 of {n}: {v}");
+    v["summary"]["requestsPerSec"]
+        .as_f64()
+        .expect("oha's requestsPerSec")
+}
+
+/// A Mosquitto broker without per-message logging, as a device's broker would run.
+pub struct Broker(crate::common::broker::Broker);
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        Broker(crate::common::broker::Broker::start_quiet(dir))
+    }
+    pub fn url(&self) -> String {
+        self.0.url()
+    }
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+}
+
+/// edgehook draining `n` events through the broker with QoS 1; events/s from the daemon's
+/// start to an empty outbox.
+pub fn mqtt(backlog: &Setup, broker: &Broker, n: usize) -> f64 {
+    let setup = copy_of(backlog);
+    let started = Instant::now();
+    let _daemon = start_draining(&setup, &broker.url(), "qos = 1\ntopic = \"bench/{type}\"");
+    wait_drained(&setup.db(), limit(n));
+    rate(n, started.elapsed())
+}
+
+/// mosquitto_pub publishing the same `n` payloads, one a line, with QoS 1; messages/s.
+pub fn mosquitto_pub_rate(dir: &Path, broker: &Broker, n: usize) -> f64 {
+    let file = dir.join("payloads.txt");
+    let mut text = String::with_capacity(n * 260);
+    for i in 0..n {
+        text.push_str(&payload(i));
+        text.push('\n');
+    }
+    std::fs::write(&file, text).unwrap();
+    let started = Instant::now();
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+        .args(["-V", "mqttv5", "-q", "1", "-l", "-t", "bench/anchor"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .status()
+        .expect("mosquitto_pub runs (package mosquitto-clients)");
+    let took = started.elapsed();
+    assert!(status.success(), "mosquitto_pub failed");
+    rate(n, took)
+}

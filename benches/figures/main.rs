@@ -1,0 +1,426 @@
+//! edgehook's figures, each beside its anchor measured in the same run (see BENCHMARKS.md).
+//!
+//! `cargo bench --bench figures -- [--guard] [--out FILE]`, usually through `scripts/bench`.
+//! Without `--guard`: the full scale (100,000-event drains, a 1,000,000-event backlog, 60 s at
+//! rest), the median of several runs with min and max, a table, and `bench/results.json`.
+//! With `--guard`: a small scale for CI (20,000 events), failing when a figure falls under half
+//! its target (a ratio under half, or an absolute figure over twice its bound).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+mod backlog;
+mod drain;
+mod ingest;
+mod measure;
+mod receiver;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use measure::{Spread, repeat};
+
+/// What a figure must reach.
+#[derive(Clone, Copy)]
+enum Target {
+    /// edgehook / anchor at least this.
+    RatioAtLeast(f64),
+    /// value / anchor at most this.
+    RatioAtMost(f64),
+    /// The value at most this.
+    AtMost(f64),
+}
+
+struct Figure {
+    name: &'static str,
+    how: String,
+    unit: &'static str,
+    value: Spread,
+    anchor: Option<(String, Spread)>,
+    target: Target,
+}
+
+impl Figure {
+    fn ratio(&self) -> Option<f64> {
+        self.anchor
+            .as_ref()
+            .map(|(_, a)| self.value.median / a.median)
+    }
+
+    /// Whether the figure meets its target scaled by `slack` (1 for the target itself, 2 for
+    /// the guard's "half its target").
+    fn meets(&self, slack: f64) -> bool {
+        match self.target {
+            Target::RatioAtLeast(t) => self.ratio().is_some_and(|r| r >= t / slack),
+            Target::RatioAtMost(t) => self.ratio().is_some_and(|r| r <= t * slack),
+            Target::AtMost(t) => self.value.median <= t * slack,
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            Target::RatioAtLeast(t) => format!("ratio >= {t}"),
+            Target::RatioAtMost(t) => format!("ratio <= {t}"),
+            Target::AtMost(t) => format!("<= {} {}", short(t), self.unit),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "figure": self.name,
+            "how": self.how,
+            "unit": self.unit,
+            "value": self.value.json(),
+            "anchor": self.anchor.as_ref().map(|(what, a)| json!({"what": what, "value": a.json()})),
+            "ratio": self.ratio(),
+            "target": self.target_text(),
+            "meets_target": self.meets(1.0),
+        })
+    }
+}
+
+fn short(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+struct Scale {
+    guard: bool,
+    events: usize,
+    backlog: usize,
+    runs: usize,
+    idle: Duration,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let guard = args.iter().any(|a| a == "--guard");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .map(|i| PathBuf::from(&args[i + 1]))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results.json"));
+    let scale = if guard {
+        Scale {
+            guard,
+            events: 20_000,
+            backlog: 100_000,
+            runs: 3,
+            idle: Duration::ZERO,
+        }
+    } else {
+        Scale {
+            guard,
+            events: 100_000,
+            backlog: 1_000_000,
+            runs: 3,
+            idle: Duration::from_secs(60),
+        }
+    };
+    assert!(
+        drain::oha().is_some(),
+        "oha is needed for the HTTP anchors: cargo install oha --locked"
+    );
+    let work = tempfile::tempdir().expect("a work directory");
+    let machine = measure::machine(work.path());
+    eprintln!("machine: {machine}");
+    let figures = figures(&scale, work.path());
+
+    print_table(&figures);
+    let slack = if scale.guard { 2.0 } else { 1.0 };
+    let missed: Vec<&str> = figures
+        .iter()
+        .filter(|f| !f.meets(slack))
+        .map(|f| f.name)
+        .collect();
+    let doc = json!({
+        "scale": if scale.guard { "guard" } else { "full" },
+        "events": scale.events,
+        "backlog": scale.backlog,
+        "runs": scale.runs,
+        "machine": machine,
+        "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).expect("the results directory");
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap() + "\n")
+        .expect("results written");
+    eprintln!("results: {}", out.display());
+    if !missed.is_empty() {
+        let what = if scale.guard {
+            "under half their target"
+        } else {
+            "short of their target"
+        };
+        eprintln!("figures {what}: {}", missed.join(", "));
+        if scale.guard {
+            std::process::exit(1);
+        }
+    }
+}
+
+fn step(what: &str) {
+    eprintln!("== {what}");
+}
+
+/// Keeps a figure and says it at once, so a long run shows its progress.
+fn add(figures: &mut Vec<Figure>, f: Figure) {
+    let ratio = f
+        .ratio()
+        .map(|r| format!(", ratio {r:.2}"))
+        .unwrap_or_default();
+    eprintln!(
+        "   {}: {} {}{ratio} (target {})",
+        f.name,
+        short(f.value.median),
+        f.unit,
+        f.target_text()
+    );
+    figures.push(f);
+}
+
+fn figures(scale: &Scale, work: &std::path::Path) -> Vec<Figure> {
+    let n = scale.events;
+    let runs = scale.runs;
+    let mut figures = Vec::new();
+
+    step("durable ingest");
+    let mut batch = 0;
+    let anchor = repeat(0, runs, || {
+        let (r, b) = ingest::anchor(work, n);
+        batch = b;
+        r
+    });
+    let value = repeat(1, runs, || ingest::edgehook(n));
+    add(
+        &mut figures,
+        Figure {
+            name: "durable ingest",
+            how: format!("{n} events, 8 clients pipelining emit, durability = full"),
+            unit: "events/s",
+            value,
+            anchor: Some((
+                format!("rusqlite, same rows and schema, synchronous = FULL, best batch ({batch})"),
+                anchor,
+            )),
+            target: Target::RatioAtLeast(0.5),
+        },
+    );
+
+    let receiver = receiver::Receiver::start();
+    step("HTTP drains");
+    let backlog = drain::backlog(n);
+    for (connections, name) in [(1, "HTTP drain, ordered"), (8, "HTTP drain, concurrent")] {
+        let value = repeat(1, runs, || drain::http(&backlog, &receiver, n, connections));
+        let anchor = repeat(1, runs, || drain::oha_rate(work, &receiver, n, connections));
+        add(
+            &mut figures,
+            Figure {
+                name,
+                how: format!(
+                    "backlog of {n} to a minimal loopback receiver, max_in_flight = {connections}, standard signing"
+                ),
+                unit: "events/s",
+                value,
+                anchor: Some((
+                    format!("oha, {connections} connection(s), same receiver"),
+                    anchor,
+                )),
+                target: Target::RatioAtLeast(0.5),
+            },
+        );
+    }
+
+    step("MQTT drain");
+    let broker = drain::Broker::start(work);
+    let value = repeat(1, runs, || drain::mqtt(&backlog, &broker, n));
+    let anchor = repeat(1, runs, || drain::mosquitto_pub_rate(work, &broker, n));
+    add(
+        &mut figures,
+        Figure {
+            name: "MQTT drain",
+            how: format!("backlog of {n} through Mosquitto, QoS 1"),
+            unit: "events/s",
+            value,
+            anchor: Some(("mosquitto_pub -l -q 1, same payloads".into(), anchor)),
+            target: Target::RatioAtLeast(1.0),
+        },
+    );
+    drop(backlog);
+
+    step("flash wear");
+    let value = repeat(0, runs, || backlog::flash_wear(&receiver, n));
+    add(
+        &mut figures,
+        Figure {
+            name: "flash wear",
+            how: format!(
+                "bytes written to storage per event, ingest to delete, {n} events, 8 clients, durability = full"
+            ),
+            unit: "bytes/event",
+            value,
+            anchor: Some(("payload bytes".into(), Spread::of(vec![256.0]))),
+            target: Target::RatioAtMost(16.0),
+        },
+    );
+
+    let big = scale.backlog;
+    step(&format!("a backlog of {big}"));
+    let large = drain::backlog(big);
+    let small = drain::backlog(1_000);
+    let window = (big / 20).min(50_000);
+    let value = repeat(0, runs, || backlog::scaling_rate(&large, &receiver, window));
+    let anchor = repeat(0, runs, || backlog::scaling_rate(&small, &receiver, 900));
+    add(
+        &mut figures,
+        Figure {
+            name: "backlog scaling",
+            how: format!(
+                "ordered HTTP drain rate with {big} pending (over {window} deliveries) vs 1,000 pending"
+            ),
+            unit: "events/s",
+            value,
+            anchor: Some(("itself, 1,000 pending".into(), anchor)),
+            target: Target::RatioAtLeast(0.9),
+        },
+    );
+
+    let (starts, statuses) = backlog::startup_and_status(&large, 5);
+    add(
+        &mut figures,
+        Figure {
+            name: "start-up",
+            how: format!("exec to READY=1 with {big} pending"),
+            unit: "s",
+            value: Spread::of(starts),
+            anchor: None,
+            target: Target::AtMost(0.5),
+        },
+    );
+    add(
+        &mut figures,
+        Figure {
+            name: "status",
+            how: format!("`edgehook status --json` with {big} pending, daemon running"),
+            unit: "s",
+            value: Spread::of(statuses),
+            anchor: None,
+            target: Target::AtMost(0.5),
+        },
+    );
+
+    step(&format!(
+        "memory draining {big}, then {:?} at rest",
+        scale.idle
+    ));
+    let rest = backlog::memory_and_idle(&large, &receiver, scale.idle);
+    add(
+        &mut figures,
+        Figure {
+            name: "memory, peak",
+            how: format!("peak RSS (VmHWM) draining {big}, max_in_flight = 8"),
+            unit: "MiB",
+            value: Spread::of(vec![rest.peak_kib as f64 / 1024.0]),
+            anchor: None,
+            target: Target::AtMost(32.0),
+        },
+    );
+    if !scale.idle.is_zero() {
+        add(
+            &mut figures,
+            Figure {
+                name: "memory, at rest",
+                how: format!("RSS after {} s with nothing to do", scale.idle.as_secs()),
+                unit: "MiB",
+                value: Spread::of(vec![rest.idle_rss_kib as f64 / 1024.0]),
+                anchor: None,
+                target: Target::AtMost(8.0),
+            },
+        );
+        add(
+            &mut figures,
+            Figure {
+                name: "idle CPU",
+                how: format!(
+                    "CPU time over {} s with nothing to do",
+                    scale.idle.as_secs()
+                ),
+                unit: "ms",
+                value: Spread::of(vec![rest.idle_cpu.as_secs_f64() * 1000.0]),
+                anchor: None,
+                target: Target::AtMost(20.0),
+            },
+        );
+    }
+
+    add(&mut figures, size());
+    figures
+}
+
+/// The stripped aarch64 release binary, built by scripts/bench (or scripts/package-deb).
+fn size() -> Figure {
+    let path = std::env::var_os("EDGEHOOK_BENCH_AARCH64")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/cross/aarch64-unknown-linux-gnu/release/edgehook")
+        });
+    let bytes = std::fs::metadata(&path)
+        .unwrap_or_else(|e| {
+            panic!(
+                "no aarch64 release binary at {} ({e}): scripts/bench builds it with scripts/package-deb --target aarch64-unknown-linux-gnu",
+                path.display()
+            )
+        })
+        .len();
+    Figure {
+        name: "size",
+        how: "stripped release binary, aarch64".into(),
+        unit: "MiB",
+        value: Spread::of(vec![bytes as f64 / (1024.0 * 1024.0)]),
+        anchor: None,
+        target: Target::AtMost(6.0),
+    }
+}
+
+fn print_table(figures: &[Figure]) {
+    println!("| figure | edgehook (median, min-max) | anchor (median) | ratio | target | met |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for f in figures {
+        let v = &f.value;
+        let value = if v.min == v.max {
+            format!("{} {}", short(v.median), f.unit)
+        } else {
+            format!(
+                "{} {} ({}-{})",
+                short(v.median),
+                f.unit,
+                short(v.min),
+                short(v.max)
+            )
+        };
+        let anchor = f
+            .anchor
+            .as_ref()
+            .map(|(what, a)| format!("{} ({what})", short(a.median)))
+            .unwrap_or_else(|| "-".into());
+        let ratio = f
+            .ratio()
+            .map(|r| format!("{r:.2}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "| {} | {value} | {anchor} | {ratio} | {} | {} |",
+            f.name,
+            f.target_text(),
+            if f.meets(1.0) { "yes" } else { "no" }
+        );
+    }
+}
