@@ -5,6 +5,7 @@
 //! rest), the median of several runs with min and max, a table, and `bench/results.json`.
 //! With `--guard`: a small scale for CI (20,000 events), failing when a figure falls under half
 //! its target (a ratio under half, or an absolute figure over twice its bound).
+//! `--only ingest,http,mqtt,flash,backlog` runs some groups of figures.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -91,6 +92,15 @@ fn short(v: f64) -> String {
     }
 }
 
+/// The groups of figures asked for with `--only ingest,http,mqtt,flash,backlog` (all without).
+struct Only(Vec<String>);
+
+impl Only {
+    fn wants(&self, group: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|g| g == group)
+    }
+}
+
 struct Scale {
     guard: bool,
     events: usize,
@@ -102,6 +112,12 @@ struct Scale {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let guard = args.iter().any(|a| a == "--guard");
+    let only = Only(
+        args.iter()
+            .position(|a| a == "--only")
+            .map(|i| args[i + 1].split(',').map(String::from).collect())
+            .unwrap_or_default(),
+    );
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -131,7 +147,7 @@ fn main() {
     let work = tempfile::tempdir().expect("a work directory");
     let machine = measure::machine(work.path());
     eprintln!("machine: {machine}");
-    let figures = figures(&scale, work.path());
+    let figures = figures(&scale, &only, work.path());
 
     print_table(&figures);
     let slack = if scale.guard { 2.0 } else { 1.0 };
@@ -187,180 +203,187 @@ fn add(figures: &mut Vec<Figure>, f: Figure) {
     figures.push(f);
 }
 
-fn figures(scale: &Scale, work: &std::path::Path) -> Vec<Figure> {
+fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
     let n = scale.events;
     let runs = scale.runs;
     let mut figures = Vec::new();
 
-    step("durable ingest");
-    let mut batch = 0;
-    let anchor = repeat(0, runs, || {
-        let (r, b) = ingest::anchor(work, n);
-        batch = b;
-        r
-    });
-    let value = repeat(1, runs, || ingest::edgehook(n));
-    add(
-        &mut figures,
-        Figure {
-            name: "durable ingest",
-            how: format!("{n} events, 8 clients pipelining emit, durability = full"),
-            unit: "events/s",
-            value,
-            anchor: Some((
-                format!("rusqlite, same rows and schema, synchronous = FULL, best batch ({batch})"),
-                anchor,
-            )),
-            target: Target::RatioAtLeast(0.5),
-        },
-    );
-
-    let receiver = receiver::Receiver::start();
-    step("HTTP drains");
-    let backlog = drain::backlog(n);
-    for (connections, name) in [(1, "HTTP drain, ordered"), (8, "HTTP drain, concurrent")] {
-        let value = repeat(1, runs, || drain::http(&backlog, &receiver, n, connections));
-        let anchor = repeat(1, runs, || drain::oha_rate(work, &receiver, n, connections));
+    if only.wants("ingest") {
+        step("durable ingest");
+        let mut batch = 0;
+        let anchor = repeat(0, runs, || {
+            let (r, b) = ingest::anchor(work, n);
+            batch = b;
+            r
+        });
+        let value = repeat(1, runs, || ingest::edgehook(n));
         add(
             &mut figures,
             Figure {
-                name,
-                how: format!(
-                    "backlog of {n} to a minimal loopback receiver, max_in_flight = {connections}, standard signing"
-                ),
+                name: "durable ingest",
+                how: format!("{n} events, 8 clients pipelining emit, durability = full"),
                 unit: "events/s",
                 value,
                 anchor: Some((
-                    format!("oha, {connections} connection(s), same receiver"),
+                    format!(
+                        "rusqlite, same rows and schema, synchronous = FULL, best batch ({batch})"
+                    ),
                     anchor,
                 )),
                 target: Target::RatioAtLeast(0.5),
             },
         );
     }
-
-    step("MQTT drain");
-    let broker = drain::Broker::start(work);
-    let value = repeat(1, runs, || drain::mqtt(&backlog, &broker, n));
-    let anchor = repeat(1, runs, || drain::mosquitto_pub_rate(work, &broker, n));
-    add(
-        &mut figures,
-        Figure {
-            name: "MQTT drain",
-            how: format!("backlog of {n} through Mosquitto, QoS 1"),
-            unit: "events/s",
-            value,
-            anchor: Some(("mosquitto_pub -l -q 1, same payloads".into(), anchor)),
-            target: Target::RatioAtLeast(1.0),
-        },
-    );
-    drop(backlog);
-
-    step("flash wear");
-    let value = repeat(0, runs, || backlog::flash_wear(&receiver, n));
-    add(
-        &mut figures,
-        Figure {
-            name: "flash wear",
-            how: format!(
-                "bytes written to storage per event, ingest to delete, {n} events, 8 clients, durability = full"
-            ),
-            unit: "bytes/event",
-            value,
-            anchor: Some(("payload bytes".into(), Spread::of(vec![256.0]))),
-            target: Target::RatioAtMost(16.0),
-        },
-    );
-
-    let big = scale.backlog;
-    step(&format!("a backlog of {big}"));
-    let large = drain::backlog(big);
-    let small = drain::backlog(1_000);
-    let window = (big / 20).min(50_000);
-    let value = repeat(0, runs, || backlog::scaling_rate(&large, &receiver, window));
-    let anchor = repeat(0, runs, || backlog::scaling_rate(&small, &receiver, 900));
-    add(
-        &mut figures,
-        Figure {
-            name: "backlog scaling",
-            how: format!(
-                "ordered HTTP drain rate with {big} pending (over {window} deliveries) vs 1,000 pending"
-            ),
-            unit: "events/s",
-            value,
-            anchor: Some(("itself, 1,000 pending".into(), anchor)),
-            target: Target::RatioAtLeast(0.9),
-        },
-    );
-
-    let (starts, statuses) = backlog::startup_and_status(&large, 5);
-    add(
-        &mut figures,
-        Figure {
-            name: "start-up",
-            how: format!("exec to READY=1 with {big} pending"),
-            unit: "s",
-            value: Spread::of(starts),
-            anchor: None,
-            target: Target::AtMost(0.5),
-        },
-    );
-    add(
-        &mut figures,
-        Figure {
-            name: "status",
-            how: format!("`edgehook status --json` with {big} pending, daemon running"),
-            unit: "s",
-            value: Spread::of(statuses),
-            anchor: None,
-            target: Target::AtMost(0.5),
-        },
-    );
-
-    step(&format!(
-        "memory draining {big}, then {:?} at rest",
-        scale.idle
-    ));
-    let rest = backlog::memory_and_idle(&large, &receiver, scale.idle);
-    add(
-        &mut figures,
-        Figure {
-            name: "memory, peak",
-            how: format!("peak RSS (VmHWM) draining {big}, max_in_flight = 8"),
-            unit: "MiB",
-            value: Spread::of(vec![rest.peak_kib as f64 / 1024.0]),
-            anchor: None,
-            target: Target::AtMost(32.0),
-        },
-    );
-    if !scale.idle.is_zero() {
+    let receiver = receiver::Receiver::start();
+    if only.wants("http") {
+        step("HTTP drains");
+        let backlog = drain::backlog(n);
+        for (connections, name) in [(1, "HTTP drain, ordered"), (8, "HTTP drain, concurrent")] {
+            let value = repeat(1, runs, || drain::http(&backlog, &receiver, n, connections));
+            let anchor = repeat(1, runs, || drain::oha_rate(work, &receiver, n, connections));
+            add(
+                &mut figures,
+                Figure {
+                    name,
+                    how: format!(
+                        "backlog of {n} to a minimal loopback receiver, max_in_flight = {connections}, standard signing"
+                    ),
+                    unit: "events/s",
+                    value,
+                    anchor: Some((
+                        format!("oha, {connections} connection(s), same receiver"),
+                        anchor,
+                    )),
+                    target: Target::RatioAtLeast(0.5),
+                },
+            );
+        }
+    }
+    if only.wants("mqtt") {
+        step("MQTT drain");
+        let backlog = drain::backlog(n);
+        let broker = drain::Broker::start(work);
+        let value = repeat(1, runs, || drain::mqtt(&backlog, &broker, n));
+        let anchor = repeat(1, runs, || drain::mosquitto_pub_rate(work, &broker, n));
         add(
             &mut figures,
             Figure {
-                name: "memory, at rest",
-                how: format!("RSS after {} s with nothing to do", scale.idle.as_secs()),
-                unit: "MiB",
-                value: Spread::of(vec![rest.idle_rss_kib as f64 / 1024.0]),
-                anchor: None,
-                target: Target::AtMost(8.0),
-            },
-        );
-        add(
-            &mut figures,
-            Figure {
-                name: "idle CPU",
-                how: format!(
-                    "CPU time over {} s with nothing to do",
-                    scale.idle.as_secs()
-                ),
-                unit: "ms",
-                value: Spread::of(vec![rest.idle_cpu.as_secs_f64() * 1000.0]),
-                anchor: None,
-                target: Target::AtMost(20.0),
+                name: "MQTT drain",
+                how: format!("backlog of {n} through Mosquitto, QoS 1"),
+                unit: "events/s",
+                value,
+                anchor: Some(("mosquitto_pub -l -q 1, same payloads".into(), anchor)),
+                target: Target::RatioAtLeast(1.0),
             },
         );
     }
+    if only.wants("flash") {
+        step("flash wear");
+        let value = repeat(0, runs, || backlog::flash_wear(&receiver, n));
+        add(
+            &mut figures,
+            Figure {
+                name: "flash wear",
+                how: format!(
+                    "bytes written to storage per event, ingest to delete, {n} events, 8 clients, durability = full"
+                ),
+                unit: "bytes/event",
+                value,
+                anchor: Some(("payload bytes".into(), Spread::of(vec![256.0]))),
+                target: Target::RatioAtMost(16.0),
+            },
+        );
+    }
+    if only.wants("backlog") {
+        let big = scale.backlog;
+        step(&format!("a backlog of {big}"));
+        let large = drain::backlog(big);
+        let small = drain::backlog(1_000);
+        let window = (big / 20).min(50_000);
+        let value = repeat(0, runs, || backlog::scaling_rate(&large, &receiver, window));
+        let anchor = repeat(0, runs, || backlog::scaling_rate(&small, &receiver, 900));
+        add(
+            &mut figures,
+            Figure {
+                name: "backlog scaling",
+                how: format!(
+                    "ordered HTTP drain rate with {big} pending (over {window} deliveries) vs 1,000 pending"
+                ),
+                unit: "events/s",
+                value,
+                anchor: Some(("itself, 1,000 pending".into(), anchor)),
+                target: Target::RatioAtLeast(0.9),
+            },
+        );
 
+        let (starts, statuses) = backlog::startup_and_status(&large, 5);
+        add(
+            &mut figures,
+            Figure {
+                name: "start-up",
+                how: format!("exec to READY=1 with {big} pending"),
+                unit: "s",
+                value: Spread::of(starts),
+                anchor: None,
+                target: Target::AtMost(0.5),
+            },
+        );
+        add(
+            &mut figures,
+            Figure {
+                name: "status",
+                how: format!("`edgehook status --json` with {big} pending, daemon running"),
+                unit: "s",
+                value: Spread::of(statuses),
+                anchor: None,
+                target: Target::AtMost(0.5),
+            },
+        );
+
+        step(&format!(
+            "memory draining {big}, then {:?} at rest",
+            scale.idle
+        ));
+        let rest = backlog::memory_and_idle(&large, &receiver, scale.idle);
+        add(
+            &mut figures,
+            Figure {
+                name: "memory, peak",
+                how: format!("peak RSS (VmHWM) draining {big}, max_in_flight = 8"),
+                unit: "MiB",
+                value: Spread::of(vec![rest.peak_kib as f64 / 1024.0]),
+                anchor: None,
+                target: Target::AtMost(32.0),
+            },
+        );
+        if !scale.idle.is_zero() {
+            add(
+                &mut figures,
+                Figure {
+                    name: "memory, at rest",
+                    how: format!("RSS after {} s with nothing to do", scale.idle.as_secs()),
+                    unit: "MiB",
+                    value: Spread::of(vec![rest.idle_rss_kib as f64 / 1024.0]),
+                    anchor: None,
+                    target: Target::AtMost(8.0),
+                },
+            );
+            add(
+                &mut figures,
+                Figure {
+                    name: "idle CPU",
+                    how: format!(
+                        "CPU time over {} s with nothing to do",
+                        scale.idle.as_secs()
+                    ),
+                    unit: "ms",
+                    value: Spread::of(vec![rest.idle_cpu.as_secs_f64() * 1000.0]),
+                    anchor: None,
+                    target: Target::AtMost(20.0),
+                },
+            );
+        }
+    }
     add(&mut figures, size());
     figures
 }

@@ -6,7 +6,11 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::Mutex;
+
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::NextTimeout;
 
 use super::format::Format;
 use super::{Attempt, Outcome, SinkError, backoff, tls};
@@ -14,6 +18,49 @@ use crate::config::{SinkKind, SinkSpec};
 
 /// How much of a response body is read (and thrown away) so the connection can be reused.
 const BODY_LIMIT: u64 = 64 * 1024;
+
+/// How long a host's resolved addresses are used before they are looked up again.
+const RESOLVED_FOR: Duration = Duration::from_secs(10);
+
+/// ureq's resolver, with the answer kept for `RESOLVED_FOR`. ureq resolves the host before
+/// every request, even one that reuses a pooled connection, and with a timeout set it does so
+/// on a new thread each time: a thread per delivery. Kept, a lookup happens (on its thread,
+/// bounded by the attempt's timeout) at most once per `RESOLVED_FOR` per sink.
+#[derive(Default)]
+struct KeptResolver {
+    inner: DefaultResolver,
+    kept: Mutex<Option<(String, Instant, ResolvedSocketAddrs)>>,
+}
+
+impl std::fmt::Debug for KeptResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeptResolver")
+    }
+}
+
+impl Resolver for KeptResolver {
+    fn resolve(
+        &self,
+        uri: &http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        if let Some((k, at, addrs)) = &*self.kept.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *k == key && at.elapsed() < RESOLVED_FOR {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((key, Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+}
 
 /// An HTTP(S) endpoint.
 pub struct HttpSink {
@@ -37,7 +84,11 @@ impl HttpSink {
             log::warn!(sink = spec.name.as_str(); "Sink {} sends over plain http:// to {}", spec.name, spec.display_url());
         }
         Ok(HttpSink {
-            agent: config.into(),
+            agent: ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::new(),
+                KeptResolver::default(),
+            ),
             spec,
             device_id: device_id.to_string(),
         })
