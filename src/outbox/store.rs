@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -18,13 +17,6 @@ use crate::config::{Storage, WhenFull};
 
 /// Most commands run in one transaction.
 const BATCH: usize = 2048;
-
-/// Delivery reports committed together when nothing else is waiting: up to this many, or
-/// what arrived within `REPORTS_WAIT`, looked for every `REPORTS_STEP`. The crash tests'
-/// bound on repeats after a `kill -9` (64) covers them.
-const REPORTS_TOGETHER: usize = 32;
-const REPORTS_WAIT: Duration = Duration::from_millis(5);
-const REPORTS_STEP: Duration = Duration::from_millis(1);
 
 /// Attempts kept for `edgehook activity`, over all sinks; older ones are trimmed in steps.
 pub(super) const ACTIVITY_KEEP: i64 = 10_000;
@@ -172,24 +164,11 @@ impl Store {
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
-            let mut waited = Duration::ZERO;
-            loop {
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(c) => batch.push(c),
-                        Err(_) => break,
-                    }
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
                 }
-                // Delivery reports wait for company: nobody waits for their commit, and every
-                // commit rewrites the same few pages, so a commit per report or two would
-                // write kilobytes per event. A report not yet committed when the power goes
-                // only means that event is sent again.
-                let reports_only = batch.iter().all(|c| matches!(c, Command::Report(_)));
-                if !reports_only || batch.len() >= REPORTS_TOGETHER || waited >= REPORTS_WAIT {
-                    break;
-                }
-                std::thread::sleep(REPORTS_STEP);
-                waited += REPORTS_STEP;
             }
             self.run_batch(&mut batch);
         }
