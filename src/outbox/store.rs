@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +18,15 @@ use crate::config::{Storage, WhenFull};
 
 /// Most commands run in one transaction.
 const BATCH: usize = 2048;
+
+/// Delivery reports gathered into one commit while a sink drains (see
+/// `wait_for_more_reports`): from `REPORTS_BUSY` waiting, up to `REPORTS_TOGETHER` or what
+/// arrives within `REPORTS_WAIT`. What a `kill -9` can make a sink send again stays well
+/// inside the crash test's bound (64).
+const REPORTS_BUSY: usize = 4;
+const REPORTS_TOGETHER: usize = 32;
+const REPORTS_WAIT: Duration = Duration::from_millis(2);
+const REPORTS_STEP: Duration = Duration::from_micros(500);
 
 /// Attempts kept for `edgehook activity`, over all sinks; older ones are trimmed in steps.
 pub(super) const ACTIVITY_KEEP: i64 = 10_000;
@@ -164,15 +174,35 @@ impl Store {
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
+            let mut waited = Duration::ZERO;
+            loop {
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(c) => batch.push(c),
+                        Err(_) => break,
+                    }
                 }
+                if !self.wait_for_more_reports(&batch, waited) {
+                    break;
+                }
+                std::thread::sleep(REPORTS_STEP);
+                waited += REPORTS_STEP;
             }
             self.run_batch(&mut batch);
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    /// Whether a batch of delivery reports should wait a little for more. While a sink drains
+    /// quickly, its reports come several at a time and every commit rewrites the same few
+    /// pages (and fsyncs), so gathering them divides the bytes written per event. A lone
+    /// report, or a batch with anything a caller waits for, is committed at once, so a quiet
+    /// sink's delivery is recorded as soon as it happens.
+    fn wait_for_more_reports(&self, batch: &[Command], waited: Duration) -> bool {
+        batch.len() >= REPORTS_BUSY
+            && batch.len() < REPORTS_TOGETHER
+            && waited < REPORTS_WAIT
+            && batch.iter().all(|c| matches!(c, Command::Report(_)))
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Command>) {
