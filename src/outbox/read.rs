@@ -139,7 +139,10 @@ pub struct ActivityRow {
     pub error: Option<String>,
 }
 
-/// The latest `limit` attempts, newest first, of one sink or all.
+/// The latest `limit` attempts, newest first, of one sink or all. Ordered by when each attempt
+/// ended, not by when its report reached the outbox: reports of different sinks' threads can
+/// arrive out of order (seen under qemu on a loaded machine). The table holds at most about
+/// `ACTIVITY_KEEP` rows, so the sort is bounded.
 pub fn activity(
     conn: &Connection,
     sink: Option<&str>,
@@ -149,7 +152,7 @@ pub fn activity(
         "SELECT a.at_ms, s.name, a.event_id, a.event_type, a.outcome, a.code, a.latency_ms, a.error
          FROM attempts a JOIN sinks s ON s.id = a.sink
          WHERE ?1 IS NULL OR s.name = ?1
-         ORDER BY a.id DESC LIMIT ?2",
+         ORDER BY a.at_ms DESC, a.id DESC LIMIT ?2",
     )?;
     stmt.query_map(params![sink, limit as i64], |r| {
         Ok(ActivityRow {
