@@ -5,18 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::broker::Broker;
 use crate::common::{Daemon, Setup, wait_until};
 use crate::ingest::{CLIENTS, emit_concurrently, parked_sink, payload, sink};
 use crate::measure::rate;
 use crate::receiver::Receiver;
 
-/// Writes the config: the outbox with `durability`, the socket, and `sinks`.
+/// Writes the config: the outbox with `durability`, and `sinks`.
 pub fn configure(setup: &Setup, durability: &str, sinks: &str) {
-    let d = setup.dir.path().display();
-    let text = format!(
-        "[storage]\npath = \"{d}/outbox.db\"\ndurability = \"{durability}\"\n[ingest]\nsocket = \"{d}/ingest.sock\"\n[daemon]\nshutdown_timeout = \"2s\"\n[inventory]\nbuiltin = false\nscripts_dirs = []\n{sinks}\n"
-    );
-    std::fs::write(&setup.config, text).expect("config written");
+    setup.write_config_with(&format!("durability = \"{durability}\"\n"), sinks);
 }
 
 /// A stopped outbox with `n` events waiting for the sink `cloud`.
@@ -137,21 +134,6 @@ pub fn oha_rate(dir: &Path, receiver: &Receiver, n: usize, connections: usize) -
         .expect("oha's requestsPerSec")
 }
 
-/// A Mosquitto broker without per-message logging, as a device's broker would run.
-pub struct Broker(crate::common::broker::Broker);
-
-impl Broker {
-    pub fn start(dir: &Path) -> Broker {
-        Broker(crate::common::broker::Broker::start_quiet(dir))
-    }
-    pub fn url(&self) -> String {
-        self.0.url()
-    }
-    pub fn port(&self) -> u16 {
-        self.0.port
-    }
-}
-
 /// edgehook draining `n` events through the broker with QoS 1; events/s from the daemon's
 /// start to an empty outbox.
 pub fn mqtt(backlog: &Setup, broker: &Broker, n: usize) -> f64 {
@@ -173,7 +155,7 @@ pub fn mosquitto_pub_rate(dir: &Path, broker: &Broker, n: usize) -> f64 {
     std::fs::write(&file, text).unwrap();
     let started = Instant::now();
     let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
         .args(["-V", "mqttv5", "-q", "1", "-l", "-t", "bench/anchor"])
         .stdin(std::fs::File::open(&file).unwrap())
         .status()

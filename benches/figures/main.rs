@@ -268,7 +268,8 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
     if only.wants("mqtt") {
         step("MQTT drain");
         let backlog = drain::backlog(n);
-        let broker = drain::Broker::start(work);
+        // Without per-message logging, as a device's broker would run.
+        let broker = common::broker::Broker::start_quiet(work);
         let value = repeat(1, runs, || drain::mqtt(&backlog, &broker, n));
         let anchor = repeat(1, runs, || drain::mosquitto_pub_rate(work, &broker, n));
         add(

@@ -182,7 +182,7 @@ impl Store {
                         Err(_) => break,
                     }
                 }
-                if !self.wait_for_more_reports(&batch, waited) {
+                if !wait_for_more_reports(&batch, waited) {
                     break;
                 }
                 std::thread::sleep(REPORTS_STEP);
@@ -191,18 +191,6 @@ impl Store {
             self.run_batch(&mut batch);
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-    }
-
-    /// Whether a batch of delivery reports should wait a little for more. While a sink drains
-    /// quickly, its reports come several at a time and every commit rewrites the same few
-    /// pages (and fsyncs), so gathering them divides the bytes written per event. A lone
-    /// report, or a batch with anything a caller waits for, is committed at once, so a quiet
-    /// sink's delivery is recorded as soon as it happens.
-    fn wait_for_more_reports(&self, batch: &[Command], waited: Duration) -> bool {
-        batch.len() >= REPORTS_BUSY
-            && batch.len() < REPORTS_TOGETHER
-            && waited < REPORTS_WAIT
-            && batch.iter().all(|c| matches!(c, Command::Report(_)))
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Command>) {
@@ -526,12 +514,12 @@ impl Store {
 
     /// Removes the oldest event with everything that refers to it. False when there is none.
     fn drop_oldest(&mut self) -> rusqlite::Result<bool> {
-        let oldest: Option<(i64, String)> = self
+        let oldest: Option<(i64, String, i64)> = self
             .conn
-            .prepare_cached("SELECT seq, id FROM events ORDER BY seq LIMIT 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT seq, id, length(body) FROM events ORDER BY seq LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        let Some((seq, id)) = oldest else {
+        let Some((seq, id, len)) = oldest else {
             return Ok(false);
         };
         let sink_ids: Vec<SinkId> = self.sinks.keys().copied().collect();
@@ -551,7 +539,7 @@ impl Store {
                 self.dirty.insert(sink);
             }
         }
-        self.delete_event(seq)?;
+        self.forget_event(seq, len)?;
         self.dropped += 1;
         log::warn!(event_id = id.as_str(); "Outbox full: dropped the oldest undelivered event {id}");
         Ok(true)
@@ -567,13 +555,6 @@ impl Store {
             .prepare_cached("SELECT refs, length(body) FROM events WHERE seq = ?1")?
             .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
-    }
-
-    fn delete_event(&mut self, seq: i64) -> rusqlite::Result<()> {
-        if let Some((_, len)) = self.refs_and_len(seq)? {
-            self.forget_event(seq, len)?;
-        }
-        Ok(())
     }
 
     fn forget_event(&mut self, seq: i64, len: i64) -> rusqlite::Result<()> {
@@ -923,6 +904,18 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether a batch of delivery reports should wait a little for more. While a sink drains
+/// quickly, its reports come several at a time and every commit rewrites the same few
+/// pages (and fsyncs), so gathering them divides the bytes written per event. A lone
+/// report, or a batch with anything a caller waits for, is committed at once, so a quiet
+/// sink's delivery is recorded as soon as it happens.
+fn wait_for_more_reports(batch: &[Command], waited: Duration) -> bool {
+    batch.len() >= REPORTS_BUSY
+        && batch.len() < REPORTS_TOGETHER
+        && waited < REPORTS_WAIT
+        && batch.iter().all(|c| matches!(c, Command::Report(_)))
 }
 
 fn parse_state(s: &str) -> SinkState {

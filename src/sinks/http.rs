@@ -29,7 +29,15 @@ const RESOLVED_FOR: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct KeptResolver {
     inner: DefaultResolver,
-    kept: Mutex<Option<(String, Instant, ResolvedSocketAddrs)>>,
+    kept: Mutex<Option<Kept>>,
+}
+
+/// A lookup's answer: for which scheme and authority, and when.
+struct Kept {
+    scheme: Option<http::uri::Scheme>,
+    authority: Option<http::uri::Authority>,
+    at: Instant,
+    addrs: ResolvedSocketAddrs,
 }
 
 impl std::fmt::Debug for KeptResolver {
@@ -45,19 +53,21 @@ impl Resolver for KeptResolver {
         config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let key = format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or(""),
-            uri.authority().map_or("", |a| a.as_str())
-        );
-        if let Some((k, at, addrs)) = &*self.kept.lock().unwrap_or_else(|p| p.into_inner()) {
-            if *k == key && at.elapsed() < RESOLVED_FOR {
-                return Ok(addrs.clone());
+        if let Some(k) = &*self.kept.lock().unwrap_or_else(|p| p.into_inner()) {
+            if k.scheme.as_ref() == uri.scheme()
+                && k.authority.as_ref() == uri.authority()
+                && k.at.elapsed() < RESOLVED_FOR
+            {
+                return Ok(k.addrs.clone());
             }
         }
         let addrs = self.inner.resolve(uri, config, timeout)?;
-        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((key, Instant::now(), addrs.clone()));
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept {
+            scheme: uri.scheme().cloned(),
+            authority: uri.authority().cloned(),
+            at: Instant::now(),
+            addrs: addrs.clone(),
+        });
         Ok(addrs)
     }
 }

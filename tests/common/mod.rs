@@ -83,6 +83,11 @@ impl Setup {
     /// off unless `rest` has an `[inventory]` section, and a sink without `events` gets
     /// `["*", "!device*"]`, so tests of the pipeline see only their own events.
     pub fn write_config(&self, rest: &str) {
+        self.write_config_with("", rest);
+    }
+
+    /// `write_config` with more `[storage]` keys (`durability = "normal"`, …).
+    pub fn write_config_with(&self, storage: &str, rest: &str) {
         let rest = &without_device_events(rest);
         let d = self.dir.path().display();
         let inventory = if rest.contains("[inventory]") {
@@ -91,7 +96,7 @@ impl Setup {
             "[inventory]\nbuiltin = false\nscripts_dirs = []\n"
         };
         let text = format!(
-            "[storage]\npath = \"{d}/outbox.db\"\n[ingest]\nsocket = \"{d}/ingest.sock\"\n[daemon]\nshutdown_timeout = \"2s\"\n{inventory}{rest}"
+            "[storage]\npath = \"{d}/outbox.db\"\n{storage}[ingest]\nsocket = \"{d}/ingest.sock\"\n[daemon]\nshutdown_timeout = \"2s\"\n{inventory}{rest}"
         );
         std::fs::write(&self.config, text).expect("config written");
     }

@@ -71,14 +71,17 @@ fn find<'a>(config: &'a Config, name: &str) -> Result<&'a SinkSpec, Failure> {
 
 /// `metadata` for people: `k=v, k2=v2`, or `-`.
 pub(super) fn metadata_text(metadata: &BTreeMap<String, String>) -> String {
-    if metadata.is_empty() {
-        return "-".into();
+    listed(metadata.iter().map(|(k, v)| format!("{k}={v}")))
+}
+
+/// Items for people: `a, b`, or `-` when there are none.
+pub(super) fn listed(items: impl IntoIterator<Item = String>) -> String {
+    let items: Vec<String> = items.into_iter().collect();
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
     }
-    metadata
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Where a sink is defined, as people read it: relative to the config's directory.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::{find, metadata_text, shown_file};
+use super::{find, listed, metadata_text, shown_file};
 use crate::cli::exit::{Code, Failure};
 use crate::cli::table::Table;
 use crate::config::{Config, SecretSource, SinkKind, SinkSpec};
@@ -225,17 +225,9 @@ fn lines(config: &Config, s: &SinkSpec) -> Vec<(&'static str, String)> {
     out.push(("signing", signing));
     match &s.kind {
         SinkKind::Http { headers, format } => {
-            let names: Vec<String> = headers
-                .iter()
-                .map(|(k, _)| format!("{k}: (hidden)"))
-                .collect();
             out.push((
                 "headers",
-                if names.is_empty() {
-                    "-".into()
-                } else {
-                    names.join(", ")
-                },
+                listed(headers.iter().map(|(k, _)| format!("{k}: (hidden)"))),
             ));
             if let Format::Slack(slack) = format {
                 let fields = [
@@ -244,17 +236,13 @@ fn lines(config: &Config, s: &SinkSpec) -> Vec<(&'static str, String)> {
                     ("icon_emoji", &slack.icon_emoji),
                     ("icon_url", &slack.icon_url),
                 ];
-                let set: Vec<String> = fields
-                    .iter()
-                    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
-                    .collect();
                 out.push((
                     "slack",
-                    if set.is_empty() {
-                        "-".into()
-                    } else {
-                        set.join(", ")
-                    },
+                    listed(
+                        fields
+                            .iter()
+                            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}"))),
+                    ),
                 ));
             }
         }
