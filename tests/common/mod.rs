@@ -201,22 +201,19 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = edgehook()
-            .arg("--config")
-            .arg(&self.config)
-            .arg("run")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("the daemon starts");
-        self.child = Some(child);
-        self.starts += 1;
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// `kill -9`, then a new process without waiting for it to be ready (to kill it again
+    /// while it starts up).
+    pub fn restart_unready(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    /// Waits until the daemon answers on its socket; panics with its log if it exits first.
+    pub fn wait_ready(&mut self) {
         let socket = self.socket.clone();
         let log_path = self.log.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -242,6 +239,25 @@ impl Daemon {
             "the daemon exited with {exited:?}: {}",
             std::fs::read_to_string(&log_path).unwrap_or_default()
         );
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = edgehook()
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the daemon starts");
+        self.child = Some(child);
+        self.starts += 1;
     }
 
     pub fn pid(&self) -> i32 {
