@@ -25,6 +25,9 @@ pub struct NewEvent {
     pub body: Vec<u8>,
     /// When it entered the outbox, in Unix milliseconds.
     pub created_ms: i64,
+    /// The producer gave the id: a second event with it is a duplicate. Generated ids are
+    /// random UUIDs that never meet again, so the outbox keeps no index of them.
+    pub supplied: bool,
 }
 
 /// Why an event was refused.
@@ -66,6 +69,7 @@ pub fn check_id(id: &str) -> Result<(), EventError> {
 /// Builds an event entering the outbox now. `data` is valid JSON; insignificant white space is
 /// removed so the event is one compact line, everything else is kept as given.
 pub fn build(id: Option<String>, event_type: &str, data: &RawValue, now: SystemTime) -> NewEvent {
+    let supplied = id.is_some();
     let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let time = humantime::format_rfc3339_nanos(now).to_string();
     let data = compact(data.get());
@@ -87,6 +91,7 @@ pub fn build(id: Option<String>, event_type: &str, data: &RawValue, now: SystemT
         event_type: event_type.to_string(),
         body,
         created_ms,
+        supplied,
     }
 }
 

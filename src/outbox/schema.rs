@@ -9,7 +9,7 @@ use super::StoreError;
 use crate::config::Durability;
 
 /// The schema this edgehook writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// What version 2 added: the bounded history of attempts behind `edgehook activity`, and an
 /// index by age, since a redelivered dead letter is younger than its neighbours.
@@ -28,16 +28,43 @@ CREATE TABLE attempts (
 CREATE INDEX events_by_age ON events (created_ms);
 ";
 
-const SCHEMA: &str = "
-CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE events (
+/// Version 3: no index over every event id. Random UUIDs spread its entries over the whole
+/// index, so each insert and each delete dirtied a page of its own: with a large backlog one
+/// 4 KiB page written per event, and reads that miss the cache. Only the ids producers give
+/// need looking up (a second event with one is a duplicate); they get a table of their own.
+const SUPPLIED_IDS: &str = "
+CREATE TABLE supplied_ids (id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+";
+
+/// The events table of version 3 (created as `events`, or as `events_v3` while migrating).
+const EVENTS: &str = "(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     type TEXT NOT NULL,
     body BLOB NOT NULL,
     created_ms INTEGER NOT NULL,
     refs INTEGER NOT NULL
-);
+);";
+
+/// From version 2: the events table rebuilt without its unique index on `id`; every id
+/// already stored is kept as a supplied one (which ids producers gave is not known), and the
+/// sequence carries on where it was.
+const TO_V3: &str = "
+CREATE TABLE events_v3 {EVENTS}
+INSERT INTO events_v3 SELECT seq, id, type, body, created_ms, refs FROM events;
+INSERT INTO supplied_ids SELECT id, seq FROM events;
+CREATE TEMP TABLE kept_sequence AS SELECT seq FROM sqlite_sequence WHERE name = 'events';
+DROP TABLE events;
+ALTER TABLE events_v3 RENAME TO events;
+DELETE FROM sqlite_sequence WHERE name = 'events';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'events', seq FROM kept_sequence;
+DROP TABLE kept_sequence;
+CREATE INDEX events_by_age ON events (created_ms);
+";
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE events {EVENTS}
 CREATE TABLE sinks (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -160,13 +187,23 @@ fn try_open(path: &Path, durability: Durability) -> Result<Connection, StoreErro
         if tables != 0 {
             return Err(StoreError::Foreign(path.to_owned()));
         }
+        let schema = SCHEMA.replace("{EVENTS}", EVENTS);
         conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} {ATTEMPTS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            "BEGIN; {schema} {ATTEMPTS} {SUPPLIED_IDS} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         ))
         .map_err(err)?;
-    } else if version == 1 {
+        return Ok(conn);
+    }
+    if version == 1 {
         conn.execute_batch(&format!(
             "BEGIN; {ATTEMPTS} PRAGMA user_version = 2; COMMIT;"
+        ))
+        .map_err(err)?;
+    }
+    if version <= 2 {
+        let to_v3 = TO_V3.replace("{EVENTS}", EVENTS);
+        conn.execute_batch(&format!(
+            "BEGIN; {SUPPLIED_IDS} {to_v3} PRAGMA user_version = 3; COMMIT;"
         ))
         .map_err(err)?;
     }

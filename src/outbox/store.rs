@@ -57,6 +57,8 @@ pub(super) struct Store {
     to_wake: BTreeSet<SinkId>,
     /// Local applications' events are refused.
     decommissioned: bool,
+    /// Some stored event has a producer's id (in `supplied_ids`).
+    any_supplied: bool,
 }
 
 fn meta_get<T: rusqlite::types::FromSql>(
@@ -117,6 +119,11 @@ impl Store {
         let events = meta_get(&conn, "event_count").map_err(err)?.unwrap_or(0);
         let bytes = meta_get(&conn, "event_bytes").map_err(err)?.unwrap_or(0);
         let dropped = meta_get(&conn, "dropped").map_err(err)?.unwrap_or(0);
+        let any_supplied = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM supplied_ids)", [], |r| {
+                r.get(0)
+            })
+            .map_err(err)?;
         let mut store = Store {
             conn,
             path,
@@ -130,6 +137,7 @@ impl Store {
             routes: Vec::new(),
             to_wake: BTreeSet::new(),
             decommissioned: facts.lifecycle.as_deref() == Some(DECOMMISSIONED),
+            any_supplied,
         };
         store.load_sinks().map_err(err)?;
         Ok((
@@ -468,11 +476,16 @@ impl Store {
                 return Ok(Err(AppendError::Full));
             }
         }
-        let inserted = self
-            .conn
+        if event.supplied && self.stored_supplied(&event.id)? {
+            return Ok(Ok(Appended {
+                id: event.id,
+                duplicate: true,
+                stored: true,
+            }));
+        }
+        self.conn
             .prepare_cached(
-                "INSERT INTO events (id, type, body, created_ms, refs) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO events (id, type, body, created_ms, refs) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 event.id,
@@ -481,14 +494,13 @@ impl Store {
                 event.created_ms,
                 targets.len() as i64
             ])?;
-        if inserted == 0 {
-            return Ok(Ok(Appended {
-                id: event.id,
-                duplicate: true,
-                stored: true,
-            }));
-        }
         let seq = self.conn.last_insert_rowid();
+        if event.supplied {
+            self.conn
+                .prepare_cached("INSERT INTO supplied_ids (id, seq) VALUES (?1, ?2)")?
+                .execute(params![event.id, seq])?;
+            self.any_supplied = true;
+        }
         {
             let mut stmt = self
                 .conn
@@ -557,7 +569,25 @@ impl Store {
             .optional()
     }
 
+    /// Whether an event with this producer-given id is stored.
+    fn stored_supplied(&mut self, id: &str) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM supplied_ids WHERE id = ?1")?
+            .query_row([id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     fn forget_event(&mut self, seq: i64, len: i64) -> rusqlite::Result<()> {
+        if self.any_supplied {
+            self.conn
+                .prepare_cached(
+                    "DELETE FROM supplied_ids
+                     WHERE id = (SELECT id FROM events WHERE seq = ?1) AND seq = ?1",
+                )?
+                .execute([seq])?;
+        }
         self.conn
             .prepare_cached("DELETE FROM events WHERE seq = ?1")?
             .execute([seq])?;

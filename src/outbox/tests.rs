@@ -107,10 +107,24 @@ fn a_duplicate_id_is_acknowledged_and_stored_once() {
     let (outbox, ids, thread) = open(&cfg);
     let mut e = event(1, "x");
     e.id = "fixed".into();
+    e.supplied = true;
     assert!(!outbox.append_blocking(e.clone()).unwrap().duplicate);
     assert!(outbox.append_blocking(e).unwrap().duplicate);
-    assert_eq!(outbox.fetch_blocking(ids[0], 0, 10).unwrap().len(), 1);
+    let queue = outbox.fetch_blocking(ids[0], 0, 10).unwrap();
+    assert_eq!(queue.len(), 1);
+    // Delivered and deleted, the id is forgotten with its event.
+    outbox.report_blocking(Report::Delivered {
+        sink: ids[0],
+        seq: queue[0].seq,
+        at_ms: 1,
+        measured: Measured::default(),
+    });
     close(outbox, thread);
+    let conn = rusqlite::Connection::open(&cfg.storage.path).unwrap();
+    let kept: i64 = conn
+        .query_row("SELECT count(*) FROM supplied_ids", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 0);
 }
 
 #[test]
@@ -257,6 +271,62 @@ fn a_database_from_a_newer_edgehook_is_refused() {
         Ok(_) => panic!("a newer schema was accepted"),
     }
     let _ = Duration::ZERO;
+}
+
+#[test]
+fn a_version_2_outbox_is_migrated_keeping_its_events_their_order_and_their_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let mut given = event(1, "x");
+    given.id = "given".into();
+    given.supplied = true;
+    outbox.append_blocking(given.clone()).unwrap();
+    let generated = event(2, "x");
+    outbox.append_blocking(generated.clone()).unwrap();
+    close(outbox, thread);
+    // Back to version 2's shape: a unique index over every id and no `supplied_ids`, with the
+    // sequence further on than the events (later ones were delivered and deleted).
+    let conn = rusqlite::Connection::open(&cfg.storage.path).unwrap();
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE e2 (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+           type TEXT NOT NULL, body BLOB NOT NULL, created_ms INTEGER NOT NULL,
+           refs INTEGER NOT NULL);
+         INSERT INTO e2 SELECT * FROM events;
+         DROP TABLE events;
+         ALTER TABLE e2 RENAME TO events;
+         CREATE INDEX events_by_age ON events (created_ms);
+         DROP TABLE supplied_ids;
+         UPDATE sqlite_sequence SET seq = 1000 WHERE name = 'events';
+         PRAGMA user_version = 2;
+         COMMIT;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let (outbox, ids2, thread) = open(&cfg);
+    assert_eq!(ids2, ids);
+    // Any id stored before the migration is still a duplicate when given again.
+    let mut again = generated.clone();
+    again.supplied = true;
+    assert!(outbox.append_blocking(given).unwrap().duplicate);
+    assert!(outbox.append_blocking(again).unwrap().duplicate);
+    outbox.append_blocking(event(3, "x")).unwrap();
+    let queue = outbox.fetch_blocking(ids[0], 0, 10).unwrap();
+    let got: Vec<(&str, i64)> = queue.iter().map(|d| (d.id.as_str(), d.seq)).collect();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[..2], [("given", 1), (generated.id.as_str(), 2)]);
+    assert!(got[2].1 > 1000, "the sequence went back: {got:?}");
+    close(outbox, thread);
+    let conn = rusqlite::Connection::open(&cfg.storage.path).unwrap();
+    let (version, check): (i64, String) = (
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap(),
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap(),
+    );
+    assert_eq!((version, check.as_str()), (3, "ok"));
 }
 
 fn transition(fact: Fact, value: &str, only_if_unset: bool, t: &str) -> Transition {
