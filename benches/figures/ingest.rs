@@ -131,8 +131,7 @@ pub fn anchor(dir: &Path, n: usize) -> (f64, usize) {
             {
                 let mut insert = conn
                     .prepare_cached(
-                        "INSERT INTO events (id, type, body, created_ms, refs) VALUES (?1, ?2, ?3, ?4, 1)
-                         ON CONFLICT (id) DO NOTHING",
+                        "INSERT INTO events (id, type, body, created_ms, refs) VALUES (?1, ?2, ?3, ?4, 1)",
                     )
                     .unwrap();
                 let mut delivery = conn

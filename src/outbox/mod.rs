@@ -333,6 +333,16 @@ enum Command {
     Totals(oneshot::Sender<Totals>),
 }
 
+impl Command {
+    /// Whether its reply tells a producer or an operator that something is kept.
+    fn acknowledges(&self) -> bool {
+        !matches!(
+            self,
+            Command::Report(_) | Command::Fetch { .. } | Command::Expire(..) | Command::Totals(_)
+        )
+    }
+}
+
 /// What opening the outbox found.
 #[derive(Debug, Clone)]
 pub struct Opened {

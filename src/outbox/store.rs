@@ -14,7 +14,7 @@ use super::{
     Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError, Totals, Transition,
     schema,
 };
-use crate::config::{Storage, WhenFull};
+use crate::config::{Durability, Storage, WhenFull};
 
 /// Most commands run in one transaction.
 const BATCH: usize = 2048;
@@ -59,6 +59,8 @@ pub(super) struct Store {
     decommissioned: bool,
     /// Some stored event has a producer's id (in `supplied_ids`).
     any_supplied: bool,
+    /// Commits are synced now (`PRAGMA synchronous = FULL`).
+    syncing: bool,
 }
 
 fn meta_get<T: rusqlite::types::FromSql>(
@@ -138,6 +140,7 @@ impl Store {
             to_wake: BTreeSet::new(),
             decommissioned: facts.lifecycle.as_deref() == Some(DECOMMISSIONED),
             any_supplied,
+            syncing: limits.durability == Durability::Full,
         };
         store.load_sinks().map_err(err)?;
         Ok((
@@ -227,7 +230,9 @@ impl Store {
             Totals(oneshot::Sender<Totals>),
         }
         let mut answers = Vec::with_capacity(batch.len());
-        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let began = self
+            .sync_commit_if(batch.iter().any(Command::acknowledges))
+            .and_then(|_| self.conn.execute_batch("BEGIN IMMEDIATE"));
         let snapshot = (
             self.events,
             self.bytes,
@@ -404,6 +409,23 @@ impl Store {
                 route.wake.raise();
             }
         }
+    }
+
+    /// With `durability = full`, a transaction that acknowledges something to a producer (an
+    /// event stored, a fact changed, a command done) is synced before the reply; one that only
+    /// records how deliveries went is not: a power cut can then lose that record, and the
+    /// deliveries are made again (at least once), while the next synced commit makes it
+    /// durable too (the WAL is one file, synced whole). On a drain that saves a sync for every
+    /// batch of reports, the most expensive thing an SD card does.
+    fn sync_commit_if(&mut self, acknowledges: bool) -> rusqlite::Result<()> {
+        let sync = acknowledges && self.limits.durability == Durability::Full;
+        if sync != self.syncing {
+            let mode = if sync { "FULL" } else { "NORMAL" };
+            self.conn
+                .execute_batch(&format!("PRAGMA synchronous = {mode}"))?;
+            self.syncing = sync;
+        }
+        Ok(())
     }
 
     fn totals(&self) -> Totals {
