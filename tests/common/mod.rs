@@ -4,7 +4,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broker;
+pub mod memory;
 pub mod pki;
+pub mod raw_server;
 pub mod receiver;
 pub mod reference;
 
