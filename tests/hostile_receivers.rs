@@ -1,5 +1,5 @@
 //! Hostile receivers: one that never answers, one that sends a 100 MB body (fast, or a byte at
-//! a time), one that closes mid-request or answers garbage, certificates that are untrusted or
+//! a time) or endless headers, one that closes mid-request or answers garbage, certificates that are untrusted or
 //! for another name. Each attempt ends within the sink's timeout and is judged; the daemon
 //! stays responsive, its memory stays bounded, a healthy sink beside it keeps receiving, and
 //! every event arrives once the receiver behaves.
@@ -153,20 +153,46 @@ fn trickling(chunk: usize, pause: Duration, sent: &Arc<AtomicU64>) -> raw_server
     })
 }
 
+/// A handler that starts a 200 answer and sends header lines without end until the peer goes
+/// away; the most bytes one connection took go to `sent`.
+fn endless_headers(sent: &Arc<AtomicU64>) -> raw_server::Handler {
+    let sent = sent.clone();
+    Arc::new(move |s: &mut dyn Stream, _| {
+        if read_request(s).is_none() || s.write_all(b"HTTP/1.1 200 OK\r\n").is_err() {
+            return;
+        }
+        let line = format!("x-padding: {}\r\n", "p".repeat(1000));
+        let mut total = 0u64;
+        while total < HUGE && s.write_all(line.as_bytes()).is_ok() {
+            total += line.len() as u64;
+            sent.fetch_max(total, Ordering::SeqCst);
+        }
+    })
+}
+
 #[test]
 fn a_100_mb_response_is_read_only_up_to_a_bound_and_memory_stays_bounded() {
     let fast_sent = Arc::new(AtomicU64::new(0));
     let slow_sent = Arc::new(AtomicU64::new(0));
+    let head_sent = Arc::new(AtomicU64::new(0));
     let fast = RawServer::start(trickling(64 * 1024, Duration::ZERO, &fast_sent));
     let slow = RawServer::start(trickling(1, Duration::from_millis(20), &slow_sent));
-    let scene = scene(&(sink("fast", &fast.url(), "") + &sink("slow", &slow.url(), "")));
+    let head = RawServer::start(endless_headers(&head_sent));
+    let scene = scene(
+        &(sink("fast", &fast.url(), "")
+            + &sink("slow", &slow.url(), "")
+            + &sink("head", &head.url(), "")),
+    );
     let pid = scene.daemon.pid();
     // Warm up every path once, so the figures below are growth under the hostile answers.
     let mut ids = scene.emit(1);
     wait_until(
         Duration::from_secs(30),
         "the first event everywhere",
-        || fast.accepted() >= 1 && slow.accepted() >= 1 && scene.healthy.delivered_count() >= 1,
+        || {
+            [&fast, &slow, &head].iter().all(|s| s.accepted() >= 1)
+                && scene.healthy.delivered_count() >= 1
+        },
     );
     let before = memory(pid);
     ids.extend(scene.emit(9));
@@ -178,20 +204,33 @@ fn a_100_mb_response_is_read_only_up_to_a_bound_and_memory_stays_bounded() {
         );
         assert!(server.accepted() >= 1, "{name}");
     }
+    // Endless headers are no answer: each attempt fails, and is retried.
+    wait_until(
+        Duration::from_secs(30),
+        "retries of the endless headers",
+        || head.accepted() >= 3,
+    );
+    let error = scene.last_error("head");
+    eprintln!("endless headers: {error}");
+    assert!(error.contains("header"), "{error}");
+    assert_eq!(scene.setup.sink_status("head")["pending"], 10);
     scene.assert_healthy(&ids);
     let after = memory(pid);
     let growth = after.hwm_kib.saturating_sub(before.rss_kib);
     eprintln!(
-        "RSS before {} KiB, peak after {} KiB, growth {growth} KiB; most bytes sent on one connection: fast {}, slow {}",
+        "RSS before {} KiB, peak after {} KiB, growth {growth} KiB; most bytes sent on one connection: fast {}, slow {}, headers {}",
         before.rss_kib,
         after.hwm_kib,
         fast_sent.load(Ordering::SeqCst),
-        slow_sent.load(Ordering::SeqCst)
+        slow_sent.load(Ordering::SeqCst),
+        head_sent.load(Ordering::SeqCst)
     );
     // 100 MB buffered would show as 100,000 KiB; the kernel's socket buffers hold the rest.
     assert!(growth < 16 * 1024, "RSS grew by {growth} KiB");
-    let most = fast_sent.load(Ordering::SeqCst);
-    assert!(most < 32 * 1024 * 1024, "the daemon read {most} bytes");
+    for sent in [&fast_sent, &head_sent] {
+        let most = sent.load(Ordering::SeqCst);
+        assert!(most < 32 * 1024 * 1024, "the daemon read {most} bytes");
+    }
     // A byte every 20 ms: the attempt ended at the sink's timeout, having read little.
     assert!(slow_sent.load(Ordering::SeqCst) < 4096);
     let out = run(
