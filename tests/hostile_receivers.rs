@@ -231,17 +231,10 @@ fn a_100_mb_response_is_read_only_up_to_a_bound_and_memory_stays_bounded() {
         let most = sent.load(Ordering::SeqCst);
         assert!(most < 32 * 1024 * 1024, "the daemon read {most} bytes");
     }
-    // A byte every 20 ms: the attempt ended at the sink's timeout, having read little.
-    assert!(slow_sent.load(Ordering::SeqCst) < 4096);
-    let out = run(
-        &scene.setup.config,
-        &["activity", "--sink", "slow", "--json"],
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for a in doc["attempts"].as_array().unwrap() {
-        let ms = a["latency_ms"].as_u64().unwrap();
-        assert!(ms < 5_000, "a trickled answer held an attempt {ms} ms: {a}");
-    }
+    // A byte every 20 ms: each attempt ended at the sink's timeout (1 s, about 50 bytes), not
+    // after the 64 KiB read limit (22 minutes at that pace).
+    let most = slow_sent.load(Ordering::SeqCst);
+    assert!(most < 4096, "a trickled answer was read for {most} bytes");
 }
 
 #[test]
