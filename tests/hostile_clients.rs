@@ -174,6 +174,11 @@ fn thousand_at_once(setup: &Setup, refusals: bool) {
             "{text}"
         );
     }
+    // `edgehook emit` says so and exits 75, "try again later", as for a full outbox.
+    let out = run(&setup.config, &["emit", "sensor.reading", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("too many connections"), "{stderr}");
 }
 
 /// One garbage line of each kind, in turn: not JSON, not UTF-8, JSON of the wrong shape,
