@@ -168,31 +168,24 @@ enum Pending {
 async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
     let (read, write) = stream.into_split();
     let mut lines = FramedRead::new(read, LineCodec::new(ingest.max_line));
-    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE);
-    let writer = tokio::spawn(async move {
-        let mut out = BufWriter::new(write);
-        while let Some(p) = rx.recv().await {
-            let line = match p {
-                Pending::Ready(line) => line,
-                Pending::Append(answer) => append_reply(answer.await),
-                Pending::Control(answer) => control_reply(answer.await),
-            };
-            if out.write_all(&line).await.is_err() {
-                return;
-            }
-            if rx.is_empty() && out.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = out.flush().await;
-    });
+    let (tx, rx) = mpsc::channel::<Pending>(PIPELINE);
+    let writer = tokio::spawn(write_replies(write, rx));
     // When the line being read must be finished; none between lines.
     let mut line_due: Option<tokio::time::Instant> = None;
     loop {
+        let stalled = async {
+            match line_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tokio::time::sleep_until(line_due.unwrap_or_else(tokio::time::Instant::now)), if line_due.is_some() => {
-                let error = format!("a request line was not finished within {} s; closing the connection", LINE_TIMEOUT.as_secs());
+            _ = stalled => {
+                let error = format!(
+                    "a request line was not finished within {} s; closing the connection",
+                    LINE_TIMEOUT.as_secs()
+                );
                 let _ = tx.send(Pending::Ready(reply_err("invalid", &error))).await;
                 break;
             }
@@ -221,6 +214,25 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Writes each reply as its answer comes, in request order; flushes when none is waiting.
+async fn write_replies(write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>) {
+    let mut out = BufWriter::new(write);
+    while let Some(p) = rx.recv().await {
+        let line = match p {
+            Pending::Ready(line) => line,
+            Pending::Append(answer) => append_reply(answer.await),
+            Pending::Control(answer) => control_reply(answer.await),
+        };
+        if out.write_all(&line).await.is_err() {
+            return;
+        }
+        if rx.is_empty() && out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.flush().await;
 }
 
 /// One line read from a client.
