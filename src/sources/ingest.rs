@@ -1,7 +1,8 @@
 //! The ingest and control socket: newline-delimited JSON, one reply per request, in order.
 //! Each connection reads requests as fast as the client sends them and queues their answers,
 //! so a client that pipelines many events gets them committed together; a bounded queue keeps
-//! a client that never reads its replies from growing memory.
+//! a client that never reads its replies from growing memory. A line left unfinished is timed
+//! out, and a connection over `max_connections` gets one `full` line and is closed.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -128,7 +129,8 @@ pub async fn serve(
                     }
                 },
                 Err(e) => {
-                    log::warn!("Cannot accept a connection on the ingest socket: {e}; pausing {} ms", ACCEPT_PAUSE.as_millis());
+                    let pause = ACCEPT_PAUSE.as_millis();
+                    log::warn!("Cannot accept a connection on the ingest socket: {e}; pausing {pause} ms");
                     tokio::time::sleep(ACCEPT_PAUSE).await;
                 }
             },
