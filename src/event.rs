@@ -42,6 +42,9 @@ pub enum EventError {
     /// The id is empty, too long or has control characters.
     #[error("an event id is 1 to 128 printable characters")]
     BadId,
+    /// The data nests arrays and objects too deeply.
+    #[error("`data` may nest arrays and objects at most {MAX_DATA_DEPTH} levels deep")]
+    TooDeep,
 }
 
 /// Checks an application's event type.
@@ -112,27 +115,54 @@ pub fn build_value(
 /// serde_json's `RawValue` keeps text as given, and a round trip through `Value` would
 /// reorder keys and round numbers; this keeps every token exactly.
 pub fn compact(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in json.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
+    tokens(json)
+        .filter(|&(c, in_string)| in_string || !c.is_ascii_whitespace())
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// How deeply an application's `data` may nest arrays and objects. Receivers parse the whole
+/// envelope, one level deeper, and common parsers stop at 100 (Ruby) or 128 (serde_json)
+/// levels; an event they cannot parse would only become a dead letter later.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Checks that valid JSON text nests at most `MAX_DATA_DEPTH` levels.
+pub fn check_depth(json: &str) -> Result<(), EventError> {
+    let mut depth = 0usize;
+    for (c, in_string) in tokens(json) {
+        match c {
+            _ if in_string => {}
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_DATA_DEPTH {
+                    return Err(EventError::TooDeep);
+                }
             }
-        } else if c == '"' {
-            in_string = true;
-            out.push(c);
-        } else if !c.is_ascii_whitespace() {
-            out.push(c);
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
-    out
+    Ok(())
+}
+
+/// Each character of valid JSON text, with whether it belongs to a string (quotes included).
+fn tokens(json: &str) -> impl Iterator<Item = (char, bool)> + '_ {
+    let mut in_string = false;
+    let mut escaped = false;
+    json.chars().map(move |c| {
+        if !in_string {
+            in_string = c == '"';
+            return (c, in_string);
+        }
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_string = false;
+        }
+        (c, true)
+    })
 }
 
 #[cfg(test)]
@@ -141,6 +171,20 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn data_may_nest_at_most_max_data_depth_levels_and_strings_do_not_count() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(check_depth(&nested(MAX_DATA_DEPTH)), Ok(()));
+        assert_eq!(
+            check_depth(&nested(MAX_DATA_DEPTH + 1)),
+            Err(EventError::TooDeep)
+        );
+        let text = format!("{{\"s\":\"{}\\\"[\",\"t\":[1,{{}}]}}", "[{".repeat(200));
+        assert_eq!(check_depth(&text), Ok(()));
+        let siblings = format!("[{}]", vec![nested(MAX_DATA_DEPTH - 1); 3].join(","));
+        assert_eq!(check_depth(&siblings), Ok(()));
     }
 
     #[test]

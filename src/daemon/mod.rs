@@ -290,6 +290,7 @@ pub fn run_until(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     provide_secrets(&mut config)?;
+    raise_open_files(config.ingest.max_connections);
     let (outbox, opened, store_thread) =
         Outbox::open(&config.storage, config.device.id.as_deref())?;
     if let Some(aside) = &opened.moved_aside {
@@ -364,6 +365,30 @@ pub fn run_until(
     );
     log::info!("edgehook stopped");
     result
+}
+
+/// Raises the soft limit on open files to the hard one: each socket client holds a file, and
+/// the usual soft limit (1024) is below what a large `ingest.max_connections` needs. Warns
+/// when even the hard limit leaves too little room.
+fn raise_open_files(max_connections: u32) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(e) => {
+            log::warn!("Cannot raise the open-file limit from {soft} to {hard}: {e}");
+            soft
+        }
+    };
+    // The outbox, sink connections, inventory scripts and the journal need some too.
+    let needed = u64::from(max_connections) + 64;
+    if limit < needed {
+        log::warn!(
+            "Only {limit} files may be open; ingest.max_connections = {max_connections} needs about {needed}, so connections may wait when many are open"
+        );
+    }
 }
 
 fn join_until(t: JoinHandle<()>, deadline: Instant) {

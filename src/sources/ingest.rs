@@ -1,17 +1,18 @@
 //! The ingest and control socket: newline-delimited JSON, one reply per request, in order.
 //! Each connection reads requests as fast as the client sends them and queues their answers,
 //! so a client that pipelines many events gets them committed together; a bounded queue keeps
-//! a client that never reads its replies from growing memory.
+//! a client that never reads its replies from growing memory. A line left unfinished is timed
+//! out, and a connection over `max_connections` gets one `full` line and is closed.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -24,6 +25,18 @@ use crate::outbox::{AppendError, Appended, Outbox};
 
 /// Replies queued per connection before the connection stops reading.
 const PIPELINE: usize = 256;
+
+/// How long the start of a request line may wait for its newline. A client that stalls
+/// mid-line holds up to `max_event_bytes` of buffer and a connection slot; an idle connection
+/// between lines holds neither buffer nor doubt and stays open.
+const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a refused connection gets to take its error line.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long accepting pauses after a failure (no file descriptors left, …), so a failure
+/// that persists is not retried in a busy loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(500);
 
 /// What the socket needs to serve requests.
 pub struct Ingest {
@@ -112,10 +125,14 @@ pub async fn serve(
                         });
                     }
                     Err(_) => {
-                        connections.spawn(refuse(stream));
+                        connections.spawn(refuse(stream, ingest.max_connections));
                     }
                 },
-                Err(e) => log::warn!("Ingest socket accept failed: {e}"),
+                Err(e) => {
+                    let pause = ACCEPT_PAUSE.as_millis();
+                    log::warn!("Cannot accept a connection on the ingest socket: {e}; pausing {pause} ms");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                }
             },
         }
     }
@@ -123,9 +140,25 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-async fn refuse(mut stream: UnixStream) {
-    let line = reply_err("internal", "too many connections; try again later");
-    let _ = stream.write_all(&line).await;
+/// Answers a connection over `ingest.max_connections` with one error line and closes it. The
+/// code is `full` (section 7 has no closer one): like a full outbox, nothing was stored and
+/// trying again later is right, where `internal` would suggest a fault.
+async fn refuse(stream: UnixStream, limit: usize) {
+    let line = reply_err(
+        "full",
+        &format!("too many connections (at most {limit}); nothing was done; try again later"),
+    );
+    let (mut read, mut write) = stream.into_split();
+    let answer = async {
+        write.write_all(&line).await?;
+        write.shutdown().await?;
+        // Closing with the client's request unread would make its read fail with "connection
+        // reset" before it sees the line; so its request is read, and thrown away.
+        let mut buf = [0u8; 4096];
+        while read.read(&mut buf).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, answer).await;
 }
 
 enum Pending {
@@ -137,31 +170,36 @@ enum Pending {
 async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
     let (read, write) = stream.into_split();
     let mut lines = FramedRead::new(read, LineCodec::new(ingest.max_line));
-    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE);
-    let writer = tokio::spawn(async move {
-        let mut out = BufWriter::new(write);
-        while let Some(p) = rx.recv().await {
-            let line = match p {
-                Pending::Ready(line) => line,
-                Pending::Append(answer) => append_reply(answer.await),
-                Pending::Control(answer) => control_reply(answer.await),
-            };
-            if out.write_all(&line).await.is_err() {
-                return;
-            }
-            if rx.is_empty() && out.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = out.flush().await;
-    });
+    let (tx, rx) = mpsc::channel::<Pending>(PIPELINE);
+    let writer = tokio::spawn(write_replies(write, rx));
+    // When the line being read must be finished; none between lines.
+    let mut line_due: Option<tokio::time::Instant> = None;
     loop {
+        let stalled = async {
+            match line_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             _ = shutdown.changed() => break,
+            _ = stalled => {
+                let error = format!(
+                    "a request line was not finished within {} s; closing the connection",
+                    LINE_TIMEOUT.as_secs()
+                );
+                let _ = tx.send(Pending::Ready(reply_err("invalid", &error))).await;
+                break;
+            }
             next = lines.next() => next,
         };
+        line_due = None;
         let pending = match next {
             None => break,
+            Some(Ok(Line::Started)) => {
+                line_due = Some(tokio::time::Instant::now() + LINE_TIMEOUT);
+                continue;
+            }
             Some(Ok(Line::Complete(line))) => match handle(&line, &ingest).await {
                 Some(p) => p,
                 None => continue,
@@ -180,31 +218,71 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
     let _ = writer.await;
 }
 
+/// Writes each reply as its answer comes, in request order; flushes when none is waiting.
+async fn write_replies(write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>) {
+    let mut out = BufWriter::new(write);
+    while let Some(p) = rx.recv().await {
+        let line = match p {
+            Pending::Ready(line) => line,
+            Pending::Append(answer) => append_reply(answer.await),
+            Pending::Control(answer) => control_reply(answer.await),
+        };
+        if out.write_all(&line).await.is_err() {
+            return;
+        }
+        if rx.is_empty() && out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.flush().await;
+}
+
 /// One line read from a client.
 enum Line {
     /// A whole line, without its newline.
     Complete(Bytes),
     /// A line over the limit; the rest of it is discarded as it arrives.
     TooLong,
+    /// The start of a line arrived without its newline (once per line), so the connection can
+    /// time the rest.
+    Started,
 }
 
 /// Newline-delimited frames of at most `max` bytes. An over-long line is an item, not an
 /// error, because a decoder error would end the connection.
-struct LineCodec(AnyDelimiterCodec);
+struct LineCodec {
+    inner: AnyDelimiterCodec,
+    /// Whether `Line::Started` was given for the line now in the buffer.
+    started: bool,
+}
 
 impl LineCodec {
     fn new(max: usize) -> Self {
-        LineCodec(AnyDelimiterCodec::new_with_max_length(
-            b"\n".to_vec(),
-            Vec::new(),
-            max,
-        ))
+        LineCodec {
+            inner: AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max),
+            started: false,
+        }
     }
 
-    fn map(r: Result<Option<Bytes>, AnyDelimiterCodecError>) -> std::io::Result<Option<Line>> {
+    fn map(
+        &mut self,
+        r: Result<Option<Bytes>, AnyDelimiterCodecError>,
+        rest: &BytesMut,
+    ) -> std::io::Result<Option<Line>> {
         match r {
-            Ok(line) => Ok(line.map(Line::Complete)),
-            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(Line::TooLong)),
+            Ok(Some(line)) => {
+                self.started = false;
+                Ok(Some(Line::Complete(line)))
+            }
+            Ok(None) if !rest.is_empty() && !self.started => {
+                self.started = true;
+                Ok(Some(Line::Started))
+            }
+            Ok(None) => Ok(None),
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                self.started = false;
+                Ok(Some(Line::TooLong))
+            }
             Err(AnyDelimiterCodecError::Io(e)) => Err(e),
         }
     }
@@ -215,11 +293,15 @@ impl Decoder for LineCodec {
     type Error = std::io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Line>> {
-        Self::map(self.0.decode(buf))
+        let r = self.inner.decode(buf);
+        self.map(r, buf)
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> std::io::Result<Option<Line>> {
-        Self::map(self.0.decode_eof(buf))
+        // At the end a partial line is taken as a line; there is nothing left to time.
+        self.started = true;
+        let r = self.inner.decode_eof(buf);
+        self.map(r, buf)
     }
 }
 
@@ -307,6 +389,9 @@ async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
     }
     let null = RawValue::NULL;
     let data = req.data.unwrap_or(null);
+    if let Err(e) = event::check_depth(data.get()) {
+        return ready("invalid", &e.to_string());
+    }
     let ev = event::build(req.id, &event_type, data, SystemTime::now());
     Some(Pending::Append(ingest.outbox.submit(ev).await))
 }

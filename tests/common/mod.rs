@@ -4,7 +4,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broker;
+pub mod memory;
 pub mod pki;
+pub mod raw_server;
 pub mod receiver;
 pub mod reference;
 
@@ -88,6 +90,11 @@ impl Setup {
 
     /// `write_config` with more `[storage]` keys (`durability = "normal"`, …).
     pub fn write_config_with(&self, storage: &str, rest: &str) {
+        self.write_config_sections(storage, "", rest);
+    }
+
+    /// `write_config_with` with more `[ingest]` keys (`max_connections = 10`, …) too.
+    pub fn write_config_sections(&self, storage: &str, ingest: &str, rest: &str) {
         let rest = &without_device_events(rest);
         let d = self.dir.path().display();
         let inventory = if rest.contains("[inventory]") {
@@ -96,7 +103,7 @@ impl Setup {
             "[inventory]\nbuiltin = false\nscripts_dirs = []\n"
         };
         let text = format!(
-            "[storage]\npath = \"{d}/outbox.db\"\n{storage}[ingest]\nsocket = \"{d}/ingest.sock\"\n[daemon]\nshutdown_timeout = \"2s\"\n{inventory}{rest}"
+            "[storage]\npath = \"{d}/outbox.db\"\n{storage}[ingest]\nsocket = \"{d}/ingest.sock\"\n{ingest}\n[daemon]\nshutdown_timeout = \"2s\"\n{inventory}{rest}"
         );
         std::fs::write(&self.config, text).expect("config written");
     }

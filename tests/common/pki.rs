@@ -17,33 +17,8 @@ pub fn openssl_available() -> bool {
 /// A test CA, a server certificate for 127.0.0.1 and one for another name, with openssl.
 pub fn make_pki(dir: &std::path::Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=edgehook test CA",
-    ]);
+    let run = |args: &[&str]| openssl(dir, args);
+    self_signed(dir, "ca", "/CN=edgehook test CA", &[]);
     for (name, san) in [
         ("server", "IP:127.0.0.1"),
         ("elsewhere", "DNS:elsewhere.test"),
@@ -83,6 +58,47 @@ pub fn make_pki(dir: &std::path::Path) {
             &format!("{name}.ext"),
         ]);
     }
+}
+
+/// Runs `openssl ARGS…` in `dir`; it must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed (not a CA) certificate for 127.0.0.1 in `dir`, `self.pem` with `self.key`:
+/// valid for the name, signed by nobody a sink trusts.
+pub fn make_self_signed(dir: &std::path::Path) {
+    self_signed(
+        dir,
+        "self",
+        "/CN=127.0.0.1",
+        &[
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
+}
+
+/// `NAME.pem` self-signed for `subject` with its key `NAME.key`, and openssl options `more`.
+fn self_signed(dir: &std::path::Path, name: &str, subject: &str, more: &[&str]) {
+    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+    let mut args = vec![
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem, "-days",
+        "2", "-subj", subject,
+    ];
+    args.extend_from_slice(more);
+    openssl(dir, &args);
 }
 
 /// HMAC-SHA256 of `body` with the hex key `hex_key`, as lowercase hex, computed by openssl.

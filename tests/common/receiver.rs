@@ -126,14 +126,12 @@ impl Receiver {
 
     /// Closes the listener and every connection: the port then refuses connections.
     pub fn stop(&mut self) {
-        self.shared.stopped.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-        for c in self.shared.connections.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
+        close_server(
+            &self.shared.stopped,
+            self.port,
+            &mut self.accept,
+            &self.shared.connections,
+        );
     }
 
     /// Listens again on the same port.
@@ -185,6 +183,24 @@ impl Receiver {
     /// Ids of the 2xx-answered requests, in arrival order.
     pub fn delivered_ids(&self) -> Vec<String> {
         self.delivered().iter().map(Request::event_id).collect()
+    }
+}
+
+/// Stops a test server: raises `stopped`, wakes its accept loop on `port` and waits for it,
+/// then shuts every connection down.
+pub fn close_server(
+    stopped: &AtomicBool,
+    port: u16,
+    accept: &mut Option<std::thread::JoinHandle<()>>,
+    connections: &Mutex<Vec<TcpStream>>,
+) {
+    stopped.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(("127.0.0.1", port));
+    if let Some(t) = accept.take() {
+        let _ = t.join();
+    }
+    for c in connections.lock().unwrap().drain(..) {
+        let _ = c.shutdown(Shutdown::Both);
     }
 }
 
