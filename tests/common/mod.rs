@@ -7,6 +7,7 @@ pub mod broker;
 pub mod pki;
 pub mod receiver;
 pub mod reference;
+pub mod webhook_libs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
