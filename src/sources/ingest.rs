@@ -321,6 +321,9 @@ fn decode_event(req: Request<'_>) -> Option<Decoded> {
         }
     }
     let data = req.data.unwrap_or(RawValue::NULL);
+    if let Err(e) = event::check_data(data) {
+        return refuse(&e.to_string());
+    }
     Some(Decoded::Event(event::build(
         req.id,
         &event_type,
