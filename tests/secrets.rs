@@ -255,17 +255,15 @@ fn no_secret_appears_in_any_log_line_or_command_output_at_trace_level() {
     setup.write_config(&config_text(&secrets, &web, &mender, &mq1, &mq2));
     let mut daemon = setup.start();
 
-    for i in 0..5 {
-        emit_one(&setup.socket(), "app.reading", json!({"n": i}));
-    }
+    let ids = emit_pipelined(&setup.socket(), 0, 20, "app.reading", 8);
     wait_until(
         Duration::from_secs(60),
         "every sink but `down` to deliver",
         || {
-            of_type(&web, "app.reading").len() == 5
-                && of_type(&mender, "app.reading").len() == 5
-                && sub1.distinct_event_ids().len() == 5
-                && sub2.distinct_event_ids().len() == 5
+            of_type(&web, "app.reading").len() == ids.len()
+                && of_type(&mender, "app.reading").len() == ids.len()
+                && sub1.distinct_event_ids().len() == ids.len()
+                && sub2.distinct_event_ids().len() == ids.len()
         },
     );
     // The secrets really travelled: the test would be empty if they had not.
@@ -285,7 +283,7 @@ fn no_secret_appears_in_any_log_line_or_command_output_at_trace_level() {
     });
     emit_one(&setup.socket(), "app.reading", json!({"after": "reload"}));
     wait_until(Duration::from_secs(30), "delivery after the reload", || {
-        of_type(&web, "app.reading").len() == 6
+        of_type(&web, "app.reading").len() == ids.len() + 1
     });
 
     let outputs = operator_outputs(&setup);
@@ -296,6 +294,13 @@ fn no_secret_appears_in_any_log_line_or_command_output_at_trace_level() {
     for (command, text) in &outputs {
         assert_no_secret(&format!("`edgehook {command}`"), text, &secrets);
     }
+    let output_lines: usize = outputs.iter().map(|(_, t)| t.lines().count()).sum();
+    eprintln!(
+        "figures: {} secret forms, {} log lines, {} commands with {output_lines} output lines: no secret",
+        secrets.forms().len(),
+        log.lines().count(),
+        outputs.len()
+    );
     // `test web` really sent the header, by name only.
     let (_, test_web) = &outputs[12];
     assert!(test_web.contains("Authorization: (hidden)"), "{test_web}");
