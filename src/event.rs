@@ -45,6 +45,9 @@ pub enum EventError {
     /// The data nests arrays and objects too deeply.
     #[error("`data` may nest arrays and objects at most {MAX_DATA_DEPTH} levels deep")]
     TooDeep,
+    /// `data` is JSON by the grammar but not readable by common parsers.
+    #[error("`data` is not portable JSON: {0}")]
+    BadData(String),
 }
 
 /// Checks an application's event type.
@@ -67,6 +70,67 @@ pub fn check_id(id: &str) -> Result<(), EventError> {
         return Err(EventError::BadId);
     }
     Ok(())
+}
+
+/// Checks that `data` reads as JSON everywhere. The grammar check that accepted it lets through
+/// numbers out of any float's range (`1e999`) and lone surrogates (`"\ud800"`), which
+/// receivers' parsers commonly refuse (nesting is bounded by `check_depth`, checked first):
+/// such an event would come back only as a dead letter, so its producer is told now instead.
+pub fn check_data(data: &RawValue) -> Result<(), EventError> {
+    serde_json::from_str::<Portable>(data.get())
+        .map(|_| ())
+        .map_err(|e| EventError::BadData(e.to_string()))
+}
+
+/// Any JSON value, read through the parser's checks of numbers and strings and kept nowhere.
+struct Portable;
+
+impl<'de> serde::Deserialize<'de> for Portable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Portable)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Portable {
+    type Value = Portable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_unit<E>(self) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Portable, A::Error> {
+        while seq.next_element::<Portable>()?.is_some() {}
+        Ok(Portable)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Portable, A::Error> {
+        while map.next_entry::<Portable, Portable>()?.is_some() {}
+        Ok(Portable)
+    }
 }
 
 /// Builds an event entering the outbox now. `data` is valid JSON; insignificant white space is

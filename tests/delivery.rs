@@ -137,9 +137,11 @@ fn with_two_sinks_one_down_the_other_receives_everything_without_delay() {
     assert_eq!(d["pending"], 500);
     assert!(d["failed_attempts"].as_i64().unwrap() > 0);
     // The receiver has them a moment before their deliveries are recorded.
-    wait_until(Duration::from_secs(20), "the live sink's queue empty", || {
-        setup.sink_status("up")["pending"] == 0
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the live sink's queue empty",
+        || setup.sink_status("up")["pending"] == 0,
+    );
 }
 
 #[test]

@@ -7,6 +7,9 @@ use crate::config::{Durability, WhenFull};
 
 pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
     let c = super::load(config_path)?;
+    for w in &c.warnings {
+        eprintln!("warning: {w}");
+    }
     println!("{}: OK", c.path.display());
     println!(
         "outbox   {} (durability {}, at most {} events / {} bytes, {} when full, max age {})",

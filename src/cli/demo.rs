@@ -59,7 +59,9 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         "[storage]\npath = \"outbox.db\"\n\n[ingest]\nsocket = \"ingest.sock\"\ngroup = \"{group}\"\n\n[[sink]]\nname = \"demo\"\nurl = \"{url}\"\n[sink.signing]\nscheme = \"standard\"\nsecret_file = \"demo.secret\"\n[sink.retry]\ninitial = \"200ms\"\nmax = \"2s\"\n\n[inventory]\nscripts_dirs = []\n"
     );
     let config_path = dir.join("edgehook.toml");
-    std::fs::write(dir.join("demo.secret"), &secret).map_err(|e| fail(e.to_string()))?;
+    // 0600, as a secret file should be: the daemon warns about any other.
+    crate::config::atomic::write(&dir.join("demo.secret"), secret.as_bytes(), 0o600, None)
+        .map_err(|e| fail(e.to_string()))?;
     std::fs::write(&config_path, &config_text).map_err(|e| fail(e.to_string()))?;
     let config = Config::load(&config_path)?;
     println!("edgehook demo");

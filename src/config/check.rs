@@ -2,6 +2,7 @@
 //! secrets are read and decoded, and the result is a [`Config`] that cannot be wrong in a way
 //! a file could have said.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub(super) struct Checker<'a> {
     pub(super) problems: Vec<Problem>,
     /// The directory of the outbox, where generated secrets are kept.
     pub(super) state_dir: PathBuf,
+    /// What is allowed but unwise, such as a secret file others can read.
+    pub(super) warnings: Vec<String>,
 }
 
 impl Checker<'_> {
@@ -42,11 +45,29 @@ impl Checker<'_> {
     pub(super) fn read_file(&mut self, path: &Spanned<PathBuf>, what: &str) -> Option<String> {
         let full = self.resolve(path.get_ref());
         match std::fs::read_to_string(&full) {
-            Ok(text) => Some(text.trim().to_string()),
+            Ok(text) => {
+                self.warn_if_exposed(&full, what);
+                Some(text.trim().to_string())
+            }
             Err(e) => {
                 self.at(path, format!("cannot read {what} {}: {e}", full.display()));
                 None
             }
+        }
+    }
+
+    /// Warns when the secret-holding file `path` is open to its group or to others: on a
+    /// device any local process could then sign webhooks as this one.
+    pub(super) fn warn_if_exposed(&mut self, path: &Path, what: &str) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            self.warnings.push(format!(
+                "The {what} {} can be read or changed by its group or others (mode {mode:04o}); make it 0600, owned by the user edgehook runs as",
+                path.display()
+            ));
         }
     }
 
@@ -72,6 +93,7 @@ pub(super) fn check<'a>(
         locate,
         problems: Vec::new(),
         state_dir: PathBuf::new(),
+        warnings: Vec::new(),
     };
     c.state_dir = match c.resolve(&raw.storage.path).parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
@@ -123,6 +145,7 @@ pub(super) fn check<'a>(
         log_level: raw.log.level,
         shutdown_timeout: raw.daemon.shutdown_timeout.0,
         sinks,
+        warnings: c.warnings,
     })
 }
 

@@ -54,6 +54,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Every `[[sink]]`, in file order.
     pub sinks: Vec<SinkSpec>,
+    /// What is allowed but unwise (a secret file others can read), one sentence each; the
+    /// daemon logs them at start and reload, `check-config` prints them.
+    pub warnings: Vec<String>,
 }
 
 /// `[device]`.

@@ -266,6 +266,10 @@ fn check_tls_files(c: &mut Checker<'_>, s: &SinkFile, name: &str) {
             c.at(file, format!("sink `{name}`: no such file {shown}"));
         }
     }
+    if let Some(key) = &s.client_key {
+        let key = c.resolve(key.get_ref());
+        c.warn_if_exposed(&key, "client key");
+    }
     if s.client_cert.is_some() != s.client_key.is_some() {
         c.at(
             &s.name,

@@ -13,15 +13,42 @@ pub fn init(level: LevelFilter) {
         let journal = systemd_journal_logger::connected_to_journal()
             .then(|| systemd_journal_logger::JournalLog::new().ok())
             .flatten();
-        let installed = match journal {
-            Some(j) => j.with_syslog_identifier("edgehook".into()).install(),
-            None => log::set_boxed_logger(Box::new(Stderr)),
+        let _ = match journal {
+            Some(j) => log::set_boxed_logger(Box::new(OwnDetailOnly(
+                j.with_syslog_identifier("edgehook".into()),
+            ))),
+            None => log::set_boxed_logger(Box::new(OwnDetailOnly(Stderr))),
         };
-        if installed.is_err() {
-            let _ = log::set_boxed_logger(Box::new(Stderr));
-        }
     });
     log::set_max_level(level);
+}
+
+/// Passes edgehook's own lines at every level but other crates' only up to `info`: their
+/// debug and trace lines show what edgehook keeps out of its log (ureq logs each request's URL
+/// with its query string, where receivers often put a token).
+struct OwnDetailOnly<L>(L);
+
+impl<L: Log> OwnDetailOnly<L> {
+    fn allowed(m: &Metadata<'_>) -> bool {
+        let target = m.target();
+        m.level() <= Level::Info || target == "edgehook" || target.starts_with("edgehook::")
+    }
+}
+
+impl<L: Log> Log for OwnDetailOnly<L> {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        Self::allowed(m) && self.0.enabled(m)
+    }
+
+    fn log(&self, r: &Record<'_>) {
+        if Self::allowed(r.metadata()) {
+            self.0.log(r);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 struct Stderr;

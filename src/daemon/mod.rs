@@ -151,9 +151,12 @@ impl Pipeline {
     }
 }
 
-/// Gives the sinks awaiting a generated secret theirs, saying which were generated now (never
-/// the secret itself).
+/// Logs the config's warnings, and gives the sinks awaiting a generated secret theirs, saying
+/// which were generated now (never the secret itself).
 fn provide_secrets(config: &mut Config) -> Result<(), SecretError> {
+    for w in &config.warnings {
+        log::warn!("{w}");
+    }
     for (name, path) in generated::provide(config)? {
         log::info!(sink = name.as_str();
             "Generated a signing secret for sink {name}, kept in {}; `edgehook sink show {name} --reveal-secret` shows it for the receiver", path.display());

@@ -2,6 +2,7 @@
 //! classification of what came back (section 3 of the spec).
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -90,9 +91,7 @@ impl HttpSink {
             .user_agent(format!("edgehook/{}", env!("CARGO_PKG_VERSION")))
             .tls_config(tls_config(&spec)?)
             .build();
-        if spec.url.starts_with("http://") && !is_loopback_url(&spec.url) {
-            log::warn!(sink = spec.name.as_str(); "Sink {} sends over plain http:// to {}", spec.name, spec.display_url());
-        }
+        warn_plain_http(&spec);
         Ok(HttpSink {
             agent: ureq::Agent::with_parts(
                 config,
@@ -226,6 +225,21 @@ fn describe(e: &ureq::Error) -> String {
     }
 }
 
+/// Warns about plain `http://` to a host that is not loopback, once per process and sink URL:
+/// every reload builds the sink again, and a warning each time would bury the log.
+fn warn_plain_http(spec: &SinkSpec) {
+    static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+    if !spec.url.starts_with("http://") || is_loopback_url(&spec.url) {
+        return;
+    }
+    let key = (spec.name.clone(), spec.url.clone());
+    if WARNED.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+        log::warn!(sink = spec.name.as_str(); "Sink {} sends over plain http:// to {}: anyone on the way can read the events", spec.name, spec.display_url());
+    }
+}
+
+/// Whether the URL's host is loopback by its text alone (no resolving): `localhost`, a
+/// `*.localhost` name (RFC 6761), or a loopback address, IPv4-mapped ones included.
 fn is_loopback_url(url: &str) -> bool {
     let host = url
         .parse::<http::Uri>()
@@ -233,10 +247,12 @@ fn is_loopback_url(url: &str) -> bool {
         .and_then(|u| u.host().map(str::to_string))
         .unwrap_or_default();
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.to_ascii_lowercase();
     host == "localhost"
+        || host.ends_with(".localhost")
         || host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 fn tls_config(spec: &SinkSpec) -> Result<TlsConfig, SinkError> {
@@ -300,5 +316,8 @@ mod tests {
         assert!(is_loopback_url("http://[::1]:8080/x"));
         assert!(is_loopback_url("http://localhost/x"));
         assert!(!is_loopback_url("http://example.com/x"));
+        assert!(is_loopback_url("http://[::ffff:127.0.0.1]:80/x"));
+        assert!(is_loopback_url("http://Edge.LOCALHOST/x"));
+        assert!(!is_loopback_url("http://localhost.example.com/x"));
     }
 }

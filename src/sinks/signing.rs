@@ -239,7 +239,9 @@ pub enum VerifyError {
     BadSecret(String),
 }
 
-/// Checks a received request: `headers` as (name, value) pairs, names compared case-insensitively.
+/// Checks a received request: `headers` as (name, value) pairs, names compared case-insensitively
+/// (for `standard`, `svix-id`, `svix-timestamp` and `svix-signature` stand in for missing
+/// `webhook-` ones, as Svix sends them).
 /// For `standard`, `now` and `tolerance` bound the timestamp. Comparisons are constant-time.
 pub fn verify(
     scheme: Scheme,
@@ -249,11 +251,17 @@ pub fn verify(
     now: u64,
     tolerance: Duration,
 ) -> Result<(), VerifyError> {
-    let header = |name: &'static str| {
+    let find = |name: &str| {
         headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.trim())
+    };
+    // Svix sends the Standard Webhooks scheme under `svix-` names, and its libraries accept
+    // either; so does this, the standard names first.
+    let header = |name: &'static str| {
+        find(name)
+            .or_else(|| find(&name.replacen("webhook-", "svix-", 1)))
             .ok_or(VerifyError::MissingHeader(name))
     };
     match scheme {

@@ -238,7 +238,8 @@ async fn write_replies(write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Re
 }
 
 /// One line read from a client.
-enum Line {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
     /// A whole line, without its newline.
     Complete(Bytes),
     /// A line over the limit; the rest of it is discarded as it arrives.
@@ -250,14 +251,15 @@ enum Line {
 
 /// Newline-delimited frames of at most `max` bytes. An over-long line is an item, not an
 /// error, because a decoder error would end the connection.
-struct LineCodec {
+pub struct LineCodec {
     inner: AnyDelimiterCodec,
     /// Whether `Line::Started` was given for the line now in the buffer.
     started: bool,
 }
 
 impl LineCodec {
-    fn new(max: usize) -> Self {
+    /// A decoder of lines of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
         LineCodec {
             inner: AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max),
             started: false,
@@ -319,8 +321,21 @@ struct Request<'a> {
     all: Option<bool>,
 }
 
-/// Turns one line into its answer (or `None` for a blank line, which is no request).
-async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
+/// What one request line asks for, decided from the line alone, before anything is done.
+#[derive(Debug)]
+pub enum Decoded {
+    /// An answer that needs nobody else: an error reply or `ping`'s, one JSON line with its
+    /// newline.
+    Reply(Vec<u8>),
+    /// A request for the device source.
+    Control(Op),
+    /// An event to store.
+    Event(event::NewEvent),
+}
+
+/// Decodes one request line (without its newline): `None` for a blank line, which is no
+/// request. Never fails: anything malformed becomes an error reply.
+pub fn decode(line: &[u8]) -> Option<Decoded> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.iter().all(u8::is_ascii_whitespace) {
         return None;
@@ -328,72 +343,84 @@ async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
     let req: Request<'_> = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => {
-            return Some(Pending::Ready(reply_err(
+            return Some(Decoded::Reply(reply_err(
                 "invalid",
                 &format!("not a JSON request object: {e}"),
             )));
         }
     };
-    let ready = |code: &str, msg: &str| Some(Pending::Ready(reply_err(code, msg)));
-    match req.op {
-        Some("emit") | None => {}
-        Some("ping") => return Some(Pending::Ready(b"{\"ok\":true}\n".to_vec())),
-        Some("set-status") => {
-            let Some(status) = req.status else {
-                return ready("invalid", "`set-status` needs a `status`");
-            };
-            return Some(ask(ingest, Op::SetStatus(status)).await);
-        }
-        Some("decommission") => return Some(ask(ingest, Op::Decommission).await),
-        Some("provision") => return Some(ask(ingest, Op::Provision).await),
-        Some("inventory-refresh") => return Some(ask(ingest, Op::InventoryRefresh).await),
+    let refuse = |code: &str, msg: &str| Some(Decoded::Reply(reply_err(code, msg)));
+    let op = match req.op {
+        Some("emit") | None => return decode_event(req),
+        Some("ping") => return Some(Decoded::Reply(b"{\"ok\":true}\n".to_vec())),
+        Some("set-status") => match req.status {
+            Some(status) => Op::SetStatus(status),
+            None => return refuse("invalid", "`set-status` needs a `status`"),
+        },
+        Some("decommission") => Op::Decommission,
+        Some("provision") => Op::Provision,
+        Some("inventory-refresh") => Op::InventoryRefresh,
         Some("redeliver") => {
             let ids = match (req.ids, req.all) {
                 (Some(ids), None | Some(false)) if !ids.is_empty() => Some(ids),
                 (None, Some(true)) => None,
                 _ => {
-                    return ready(
+                    return refuse(
                         "invalid",
                         "`redeliver` needs either `ids` (a non-empty list) or `\"all\": true`",
                     );
                 }
             };
-            let which = crate::outbox::Redeliver {
+            Op::Redeliver(crate::outbox::Redeliver {
                 sink: req.sink,
                 ids,
-            };
-            return Some(ask(ingest, Op::Redeliver(which)).await);
+            })
         }
-        Some("reload") => return Some(ask(ingest, Op::ReloadFiles).await),
-        Some("resume") => {
-            let Some(sink) = req.sink else {
-                return ready("invalid", "`resume` needs a `sink`");
-            };
-            return Some(ask(ingest, Op::Resume(sink)).await);
-        }
+        Some("reload") => Op::ReloadFiles,
+        Some("resume") => match req.sink {
+            Some(sink) => Op::Resume(sink),
+            None => return refuse("invalid", "`resume` needs a `sink`"),
+        },
         Some(op) => {
             let op: String = op.chars().take(64).collect();
-            return ready("unknown_op", &format!("unknown op `{op}`"));
+            return refuse("unknown_op", &format!("unknown op `{op}`"));
         }
-    }
+    };
+    Some(Decoded::Control(op))
+}
+
+fn decode_event(req: Request<'_>) -> Option<Decoded> {
+    let refuse = |msg: &str| Some(Decoded::Reply(reply_err("invalid", msg)));
     let Some(event_type) = req.event_type else {
-        return ready("invalid", "an event needs a `type`");
+        return refuse("an event needs a `type`");
     };
     if let Err(e) = event::check_app_type(&event_type) {
-        return ready("invalid", &e.to_string());
+        return refuse(&e.to_string());
     }
     if let Some(id) = &req.id {
         if let Err(e) = event::check_id(id) {
-            return ready("invalid", &e.to_string());
+            return refuse(&e.to_string());
         }
     }
-    let null = RawValue::NULL;
-    let data = req.data.unwrap_or(null);
-    if let Err(e) = event::check_depth(data.get()) {
-        return ready("invalid", &e.to_string());
+    let data = req.data.unwrap_or(RawValue::NULL);
+    if let Err(e) = event::check_depth(data.get()).and_then(|_| event::check_data(data)) {
+        return refuse(&e.to_string());
     }
-    let ev = event::build(req.id, &event_type, data, SystemTime::now());
-    Some(Pending::Append(ingest.outbox.submit(ev).await))
+    Some(Decoded::Event(event::build(
+        req.id,
+        &event_type,
+        data,
+        SystemTime::now(),
+    )))
+}
+
+/// Turns one line into its answer (or `None` for a blank line, which is no request).
+async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
+    Some(match decode(line)? {
+        Decoded::Reply(line) => Pending::Ready(line),
+        Decoded::Control(op) => ask(ingest, op).await,
+        Decoded::Event(ev) => Pending::Append(ingest.outbox.submit(ev).await),
+    })
 }
 
 async fn ask(ingest: &Ingest, op: Op) -> Pending {

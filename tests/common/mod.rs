@@ -9,6 +9,7 @@ pub mod pki;
 pub mod raw_server;
 pub mod receiver;
 pub mod reference;
+pub mod webhook_libs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
