@@ -3,6 +3,7 @@
 //! bounded channel. Commands that arrive together share one transaction, so concurrent
 //! producers share one fsync (group commit), and a producer is answered only after the commit.
 
+mod header;
 mod read;
 mod schema;
 mod store;
@@ -16,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use read::{
     ActivityRow, DeadLetter, OutboxReport, SinkReport, activity, dead_letters, read_report,
 };
-pub use schema::{SCHEMA_VERSION, open_ro, open_rw};
+pub use schema::{MovedAside, SCHEMA_VERSION, mark_for_check, open_ro, open_rw};
 
 use crate::config::{SinkSpec, Storage};
 use crate::event::NewEvent;
@@ -338,8 +339,8 @@ enum Command {
 pub struct Opened {
     /// The device id: from the config, or the one kept in the outbox (generated on first use).
     pub device_id: String,
-    /// Where an unreadable file was moved, when one was.
-    pub moved_aside: Option<PathBuf>,
+    /// Where a damaged file was moved and why, when one was.
+    pub moved_aside: Option<MovedAside>,
     /// The outbox was created now.
     pub created: bool,
     /// What the outbox keeps about the device.

@@ -57,6 +57,8 @@ pub(super) struct Store {
     to_wake: BTreeSet<SinkId>,
     /// Local applications' events are refused.
     decommissioned: bool,
+    /// SQLite reported the file corrupt during this batch.
+    corrupt: Option<String>,
 }
 
 fn meta_get<T: rusqlite::types::FromSql>(
@@ -130,6 +132,7 @@ impl Store {
             routes: Vec::new(),
             to_wake: BTreeSet::new(),
             decommissioned: facts.lifecycle.as_deref() == Some(DECOMMISSIONED),
+            corrupt: None,
         };
         store.load_sinks().map_err(err)?;
         Ok((
@@ -286,7 +289,10 @@ impl Store {
                     limit,
                     reply,
                 } => {
-                    let r = self.fetch(sink, after, limit).map_err(|e| e.to_string());
+                    let r = self.fetch(sink, after, limit).map_err(|e| {
+                        self.notice(&e);
+                        e.to_string()
+                    });
                     answers.push(Answer::Fetch(reply, r));
                     Ok(())
                 }
@@ -321,6 +327,7 @@ impl Store {
                 }
             };
             if let Err(e) = outcome {
+                self.notice(&e);
                 failure = Some(e.to_string());
             }
         }
@@ -329,8 +336,12 @@ impl Store {
                 .write_counters()
                 .and_then(|_| self.conn.execute_batch("COMMIT"))
             {
+                self.notice(&e);
                 failure = Some(e.to_string());
             }
+        }
+        if let Some(why) = self.corrupt.take() {
+            self.stop_on_corruption(&why);
         }
         if let Some(f) = &failure {
             log::error!(path:% = self.path.display(); "Outbox transaction failed; nothing in it was acknowledged: {f}");
@@ -396,6 +407,28 @@ impl Store {
                 route.wake.raise();
             }
         }
+    }
+
+    /// Remembers an error that says the file is damaged.
+    fn notice(&mut self, e: &rusqlite::Error) {
+        if schema::unreadable(e) {
+            self.corrupt = Some(e.to_string());
+        }
+    }
+
+    /// Ends the process when SQLite finds the file damaged while running: carrying on would
+    /// answer every producer with an error and may damage it further. What was committed
+    /// stays; what this batch held was not acknowledged. The file is marked so that the next
+    /// start (systemd restarts the service) runs a full check and moves it aside if it fails.
+    fn stop_on_corruption(&mut self, why: &str) -> ! {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        let marked = match schema::mark_for_check(&self.path) {
+            Ok(()) => "it will be checked at the next start".to_string(),
+            Err(e) => format!("it could not be marked for a check ({e})"),
+        };
+        log::error!(path:% = self.path.display(); "The outbox {} is corrupt ({why}); stopping, and {marked}", self.path.display());
+        log::logger().flush();
+        std::process::exit(74);
     }
 
     fn totals(&self) -> Totals {
