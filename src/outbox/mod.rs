@@ -90,6 +90,9 @@ pub enum AppendError {
     /// The device is decommissioned: local applications' events are refused.
     #[error("the device is decommissioned")]
     Decommissioned,
+    /// The disk holding the outbox is full; nothing was stored.
+    #[error("the disk holding the outbox is full")]
+    NoSpace,
     /// The write failed; nothing was stored.
     #[error("storage error: {0}")]
     Storage(String),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -27,6 +27,12 @@ const REPORTS_BUSY: usize = 4;
 const REPORTS_TOGETHER: usize = 32;
 const REPORTS_WAIT: Duration = Duration::from_millis(2);
 const REPORTS_STEP: Duration = Duration::from_micros(500);
+
+/// Delivery reports kept in memory while the disk is full (about 100 bytes each).
+const UNRECORDED_KEEP: usize = 100_000;
+
+/// How often writes are tried again while the disk is full.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Attempts kept for `edgehook activity`, over all sinks; older ones are trimmed in steps.
 pub(super) const ACTIVITY_KEEP: i64 = 10_000;
@@ -59,7 +65,18 @@ pub(super) struct Store {
     decommissioned: bool,
     /// SQLite reported the file corrupt during this batch.
     corrupt: Option<String>,
+    /// A write of this batch failed for want of space on the disk.
+    no_space: bool,
+    /// The disk was full at the last commit (so the recovery is logged once).
+    disk_full: bool,
+    /// Delivery reports the full disk had no room for, recorded once it has.
+    unrecorded: Vec<Report>,
+    /// When writes were last tried on the full disk.
+    last_probe: Instant,
 }
+
+/// The in-memory counters, kept to be restored when a transaction is rolled back.
+type Snapshot = (i64, i64, i64, BTreeMap<SinkId, SinkRow>, bool);
 
 fn meta_get<T: rusqlite::types::FromSql>(
     conn: &Connection,
@@ -133,6 +150,10 @@ impl Store {
             to_wake: BTreeSet::new(),
             decommissioned: facts.lifecycle.as_deref() == Some(DECOMMISSIONED),
             corrupt: None,
+            no_space: false,
+            disk_full: false,
+            unrecorded: Vec::new(),
+            last_probe: Instant::now(),
         };
         store.load_sinks().map_err(err)?;
         Ok((
@@ -222,14 +243,21 @@ impl Store {
             Totals(oneshot::Sender<Totals>),
         }
         let mut answers = Vec::with_capacity(batch.len());
+        // While the disk is full, writes are tried once a second; in between, events are
+        // refused and delivery reports kept, so that fetches still succeed and sinks deliver.
+        let probe = self.last_probe.elapsed() >= PROBE_EVERY;
+        let hold = self.disk_full && !probe;
+        if self.disk_full && probe {
+            self.last_probe = Instant::now();
+            // Moving the WAL into the main file gives its space back (SQLite keeps a WAL at its
+            // largest size otherwise); it fails harmlessly while there is no room to do it.
+            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            let kept = std::mem::take(&mut self.unrecorded);
+            self.record_alone(kept);
+        }
         let began = self.conn.execute_batch("BEGIN IMMEDIATE");
-        let snapshot = (
-            self.events,
-            self.bytes,
-            self.dropped,
-            self.sinks.clone(),
-            self.decommissioned,
-        );
+        let snapshot = self.snapshot();
+        let mut reports = Vec::new();
         let mut failure: Option<String> = began.err().map(|e| e.to_string());
         for cmd in batch.drain(..) {
             if let Some(f) = &failure {
@@ -252,10 +280,25 @@ impl Store {
                         answers.push(Answer::Redeliver(reply, Err(f.clone())))
                     }
                     Command::Totals(reply) => answers.push(Answer::Totals(reply)),
-                    Command::Report(_) => {}
+                    Command::Report(report) => reports.push(report),
                 }
                 continue;
             }
+            let cmd = match cmd {
+                Command::Append(_, reply) if hold => {
+                    answers.push(Answer::Append(reply, Err(AppendError::NoSpace)));
+                    continue;
+                }
+                Command::Transition(_, reply) if hold => {
+                    answers.push(Answer::Transition(reply, Err(AppendError::NoSpace)));
+                    continue;
+                }
+                Command::Report(report) if hold => {
+                    self.keep_unrecorded(vec![report], None);
+                    continue;
+                }
+                cmd => cmd,
+            };
             let outcome = match cmd {
                 Command::Append(event, reply) => match self.append(event) {
                     Ok(r) => {
@@ -296,7 +339,10 @@ impl Store {
                     answers.push(Answer::Fetch(reply, r));
                     Ok(())
                 }
-                Command::Report(report) => self.report(report),
+                Command::Report(report) => {
+                    reports.push(report.clone());
+                    self.report(report)
+                }
                 Command::Routes(routes, reply) => match self.set_routes(routes) {
                     Ok(ids) => {
                         answers.push(Answer::Routes(reply, Ok(ids)));
@@ -343,24 +389,25 @@ impl Store {
         if let Some(why) = self.corrupt.take() {
             self.stop_on_corruption(&why);
         }
+        let no_space = std::mem::take(&mut self.no_space);
         if let Some(f) = &failure {
-            log::error!(path:% = self.path.display(); "Outbox transaction failed; nothing in it was acknowledged: {f}");
-            let _ = self.conn.execute_batch("ROLLBACK");
-            (
-                self.events,
-                self.bytes,
-                self.dropped,
-                self.sinks,
-                self.decommissioned,
-            ) = snapshot;
-            self.dirty.clear();
-            self.to_wake.clear();
+            if !no_space {
+                log::error!(path:% = self.path.display(); "Outbox transaction failed; nothing in it was acknowledged: {f}");
+            }
+            self.roll_back(snapshot);
+            if no_space {
+                self.record_alone(reports);
+            }
         }
+        self.note_space(no_space, hold);
         let totals = self.totals();
         for a in answers {
             match a {
                 Answer::Append(reply, r) => {
                     let r = match (&failure, r) {
+                        (Some(_), Ok(_) | Err(AppendError::Storage(_))) if no_space => {
+                            Err(AppendError::NoSpace)
+                        }
                         (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
                         (_, r) => r,
                     };
@@ -368,6 +415,9 @@ impl Store {
                 }
                 Answer::Transition(reply, r) => {
                     let r = match (&failure, r) {
+                        (Some(_), Ok(_) | Err(AppendError::Storage(_))) if no_space => {
+                            Err(AppendError::NoSpace)
+                        }
                         (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
                         (_, r) => r,
                     };
@@ -409,11 +459,83 @@ impl Store {
         }
     }
 
-    /// Remembers an error that says the file is damaged.
+    /// Remembers an error that says the file is damaged, or the disk full.
     fn notice(&mut self, e: &rusqlite::Error) {
         if schema::unreadable(e) {
             self.corrupt = Some(e.to_string());
         }
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            self.no_space = true;
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        (
+            self.events,
+            self.bytes,
+            self.dropped,
+            self.sinks.clone(),
+            self.decommissioned,
+        )
+    }
+
+    fn roll_back(&mut self, snapshot: Snapshot) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        (
+            self.events,
+            self.bytes,
+            self.dropped,
+            self.sinks,
+            self.decommissioned,
+        ) = snapshot;
+        self.dirty.clear();
+        self.to_wake.clear();
+    }
+
+    /// Records delivery reports in a transaction of their own, after a batch failed for want
+    /// of space: they mostly delete rows, and lost they would leave delivered events holding
+    /// the space that new events wait for (until a restart sent them again).
+    fn record_alone(&mut self, reports: Vec<Report>) {
+        if reports.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot();
+        let done = self.conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+            for r in &reports {
+                self.report(r.clone())?;
+            }
+            self.write_counters()?;
+            self.conn.execute_batch("COMMIT")
+        });
+        if let Err(e) = done {
+            self.roll_back(snapshot);
+            self.keep_unrecorded(reports, Some(&e));
+        }
+    }
+
+    /// Keeps reports for the next batch (bounded: past the bound, those deliveries are made
+    /// again after a restart, which at-least-once allows).
+    fn keep_unrecorded(&mut self, mut reports: Vec<Report>, e: Option<&rusqlite::Error>) {
+        let room = UNRECORDED_KEEP.saturating_sub(self.unrecorded.len());
+        if reports.len() > room {
+            let e = e.map_or("no space".to_string(), |e| e.to_string());
+            log::warn!(path:% = self.path.display(); "{} delivery reports could not be recorded on the full disk ({e}); those events will be sent again after a restart", reports.len() - room);
+            reports.truncate(room);
+        }
+        self.unrecorded.extend(reports);
+    }
+
+    /// Logs when the disk becomes full and when it has room again, once each.
+    fn note_space(&mut self, no_space: bool, hold: bool) {
+        if no_space && !self.disk_full {
+            log::error!(path:% = self.path.display(); "The disk holding the outbox {} is full: new events are refused (code `full`) until space is freed; deliveries go on", self.path.display());
+        } else if !no_space && self.disk_full {
+            log::info!(path:% = self.path.display(); "The disk holding the outbox has room again; events are accepted");
+        }
+        if hold {
+            return;
+        }
+        self.disk_full = no_space;
     }
 
     /// Ends the process when SQLite finds the file damaged while running: carrying on would
