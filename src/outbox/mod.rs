@@ -3,6 +3,7 @@
 //! bounded channel. Commands that arrive together share one transaction, so concurrent
 //! producers share one fsync (group commit), and a producer is answered only after the commit.
 
+pub mod clock;
 mod header;
 mod read;
 mod schema;
@@ -120,7 +121,7 @@ pub struct Delivery {
     pub event_type: String,
     /// The stored bytes.
     pub body: Arc<[u8]>,
-    /// When the event entered the outbox (Unix ms).
+    /// When the event entered the outbox (Unix ms on the age clock, `clock::age_now_ms`).
     pub created_ms: i64,
     /// Failed attempts so far.
     pub attempts: u32,

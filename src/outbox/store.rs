@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Measured, Opened,
     Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError, Totals, Transition,
-    schema,
+    clock, schema,
 };
 use crate::config::{Storage, WhenFull};
 
@@ -73,6 +73,10 @@ pub(super) struct Store {
     unrecorded: Vec<Report>,
     /// When writes were last tried on the full disk.
     last_probe: Instant,
+    /// The wall clock's jumps, added to stored times (`clock`), as of this batch.
+    offset_ms: i64,
+    /// The offset as the outbox keeps it.
+    saved_offset_ms: Option<i64>,
 }
 
 /// The in-memory counters, kept to be restored when a transaction is rolled back.
@@ -154,7 +158,10 @@ impl Store {
             disk_full: false,
             unrecorded: Vec::new(),
             last_probe: Instant::now(),
+            offset_ms: 0,
+            saved_offset_ms: None,
         };
+        store.start_clock().map_err(err)?;
         store.load_sinks().map_err(err)?;
         Ok((
             store,
@@ -255,6 +262,7 @@ impl Store {
             let kept = std::mem::take(&mut self.unrecorded);
             self.record_alone(kept);
         }
+        self.offset_ms = clock::offset_ms();
         let began = self.conn.execute_batch("BEGIN IMMEDIATE");
         let snapshot = self.snapshot();
         let mut reports = Vec::new();
@@ -459,6 +467,28 @@ impl Store {
         }
     }
 
+    /// Starts the age clock with the offset kept, never letting it run back behind the
+    /// newest event (a device that booted with an older clock than it stopped with).
+    fn start_clock(&mut self) -> rusqlite::Result<()> {
+        let kept: Option<i64> = meta_get(&self.conn, "clock_offset_ms")?;
+        self.saved_offset_ms = kept;
+        let newest: Option<i64> =
+            self.conn
+                .query_row("SELECT max(created_ms) FROM events", [], |r| r.get(0))?;
+        let wall = super::now_ms();
+        let mut offset = kept.unwrap_or(0);
+        if let Some(newest) = newest.filter(|&n| wall + offset < n) {
+            log::warn!(
+                "The clock is behind the newest stored event by {} s; event ages continue from that event",
+                (newest - wall - offset) / 1000
+            );
+            offset = newest - wall;
+        }
+        clock::start(offset);
+        self.offset_ms = offset;
+        Ok(())
+    }
+
     /// Remembers an error that says the file is damaged, or the disk full.
     fn notice(&mut self, e: &rusqlite::Error) {
         if schema::unreadable(e) {
@@ -490,6 +520,7 @@ impl Store {
         ) = snapshot;
         self.dirty.clear();
         self.to_wake.clear();
+        self.saved_offset_ms = None;
     }
 
     /// Records delivery reports in a transaction of their own, after a batch failed for want
@@ -633,7 +664,7 @@ impl Store {
                 event.id,
                 event.event_type,
                 event.body,
-                event.created_ms,
+                event.created_ms + self.offset_ms,
                 targets.len() as i64
             ])?;
         if inserted == 0 {
@@ -858,7 +889,7 @@ impl Store {
             .prepare_cached(
                 "INSERT OR REPLACE INTO dead_letters (sink, seq, attempts, reason, dead_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![sink, seq, attempts, reason, at_ms])?;
+            .execute(params![sink, seq, attempts, reason, at_ms + self.offset_ms])?;
         let row = self.sinks.entry(sink).or_default();
         row.pending -= 1;
         row.dead += 1;
@@ -913,7 +944,7 @@ impl Store {
             // A fresh `max_age`, or an expired dead letter would expire again at once.
             self.conn
                 .prepare_cached("UPDATE events SET created_ms = ?2 WHERE seq = ?1")?
-                .execute(params![seq, super::now_ms()])?;
+                .execute(params![seq, super::now_ms() + self.offset_ms])?;
             let row = self.sinks.entry(sink).or_default();
             row.dead -= 1;
             row.pending += 1;
@@ -976,7 +1007,7 @@ impl Store {
     }
 
     fn expire(&mut self, now_ms: i64) -> rusqlite::Result<()> {
-        let cutoff = now_ms - self.limits.max_age.as_millis() as i64;
+        let cutoff = now_ms + self.offset_ms - self.limits.max_age.as_millis() as i64;
         let old: Vec<i64> = self
             .conn
             .prepare_cached(
@@ -1028,6 +1059,10 @@ impl Store {
     }
 
     fn write_counters(&mut self) -> rusqlite::Result<()> {
+        if self.saved_offset_ms != Some(self.offset_ms) {
+            meta_set(&self.conn, "clock_offset_ms", self.offset_ms)?;
+            self.saved_offset_ms = Some(self.offset_ms);
+        }
         if self.counts_dirty {
             let mut stmt = self
                 .conn
