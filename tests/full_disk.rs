@@ -224,8 +224,13 @@ fn a_full_disk_refuses_new_events_keeps_delivering_and_accepts_again_once_space_
             .into_iter()
             .collect::<HashSet<_>>()
             .len();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?");
     eprintln!(
-        "{} acknowledged in all, lost 0, {duplicates} delivered twice",
+        "{} acknowledged in all, lost 0, {duplicates} delivered twice; daemon {peak}",
         t.acked.len() + after.acked.len()
     );
     assert_eq!(daemon.terminate(), Some(0));
