@@ -176,11 +176,13 @@ fn a_full_disk_refuses_new_events_keeps_delivering_and_accepts_again_once_space_
         t.acked.iter().all(|id| got.contains(id))
     });
     let log = daemon.log();
-    assert!(
-        log.lines()
-            .any(|l| l.starts_with("edgehook ERROR The disk holding the outbox")),
-        "{log}"
-    );
+    // Logged when it fills, not for every refusal.
+    let full_errors = log
+        .lines()
+        .filter(|l| l.starts_with("edgehook ERROR The disk holding the outbox"))
+        .count();
+    eprintln!("{full_errors} ERROR lines for the full disk");
+    assert!((1..=5).contains(&full_errors), "{log}");
     assert!(!log.contains("transaction failed"), "{log}");
     // Space freed: every producer is taken again.
     std::fs::remove_file(&filler).unwrap();
