@@ -237,3 +237,38 @@ fn a_full_disk_refuses_new_events_keeps_delivering_and_accepts_again_once_space_
     );
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn a_daemon_restarted_on_a_full_disk_starts_and_delivers_its_backlog() {
+    let receiver = Receiver::start(Arc::new(|_, _| Response::status(503)));
+    let setup = Setup::new("");
+    let Some(disk) = Tmpfs::mount(&setup.dir.path().join("disk"), "8m") else {
+        return;
+    };
+    let sink = http_sink("cloud", &receiver.url(), SECRET, "events = [\"sensor.*\"]");
+    std::fs::write(
+        &setup.config,
+        config_text(setup.dir.path(), &disk.dir, &sink),
+    )
+    .unwrap();
+    let mut daemon = setup.start();
+    let tally = Mutex::new(Tally::default());
+    produce(&setup.socket(), 0, 200, &tally);
+    let acked = tally.into_inner().unwrap().acked;
+    assert_eq!(acked.len(), 200);
+    let filler = disk.dir.join("filler");
+    fill(&filler, u64::MAX);
+    assert_eq!(disk.free(), 0);
+    // A power cut on the full disk, then the restart.
+    daemon.restart();
+    receiver.set_behaviour(Arc::new(|_, _| Response::status(200)));
+    wait_until(Duration::from_secs(60), "the backlog delivered", || {
+        let got: HashSet<String> = receiver.delivered_ids().into_iter().collect();
+        acked.iter().all(|id| got.contains(id))
+    });
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(30), "nothing pending", || {
+        setup.sink_status("cloud")["pending"] == 0
+    });
+    eprintln!("200 events kept over a restart on a full disk, lost 0");
+}
