@@ -118,12 +118,25 @@ fn refusing_setup(max_age: &str) -> (Receiver, Setup) {
     (receiver, setup)
 }
 
-/// Waits for `n` more attempts than now: retries go on.
-fn more_attempts(receiver: &Receiver, n: usize, what: &str) {
+/// Waits for `n` more attempts than now (retries go on), and checks by the last one's
+/// `webhook-timestamp` that the daemon's wall clock is `offset_s` from real time, so a test
+/// cannot pass because libfaketime did nothing.
+fn more_attempts(receiver: &Receiver, n: usize, offset_s: i64, what: &str) {
     let before = receiver.requests().len();
     wait_until(Duration::from_secs(30), what, || {
         receiver.requests().len() >= before + n
     });
+    let last = receiver.requests().last().cloned().unwrap();
+    let sent: i64 = last.header("webhook-timestamp").unwrap().parse().unwrap();
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (sent - (real + offset_s)).abs() < 120,
+        "the daemon's clock is {} s from real time, not {offset_s} s",
+        sent - real
+    );
 }
 
 fn dead_letters(setup: &Setup) -> i64 {
@@ -140,17 +153,17 @@ fn clock_jumps_of_hours_either_way_neither_stall_retries_nor_expire_events() {
     let ids: Vec<String> = (0..5)
         .map(|n| emit_one(&setup.socket(), "sensor.reading", json!({ "n": n })))
         .collect();
-    more_attempts(&receiver, 3, "the first attempts");
+    more_attempts(&receiver, 3, 0, "the first attempts");
     // Forward by 3 hours: past max_age by the wall clock, not by the time really spent.
     daemon.set_offset(3 * HOUR);
-    more_attempts(&receiver, 10, "retries after the jump forward");
+    more_attempts(&receiver, 10, 3 * HOUR, "retries after the jump forward");
     assert_eq!(dead_letters(&setup), 0, "{}", daemon.log());
     // Back by 5 hours (2 hours behind real time): retries must not wait for the clock to
     // catch up.
     daemon.set_offset(-2 * HOUR);
-    more_attempts(&receiver, 10, "retries after the jump back");
+    more_attempts(&receiver, 10, -2 * HOUR, "retries after the jump back");
     daemon.set_offset(24 * HOUR);
-    more_attempts(&receiver, 10, "retries after a jump of a day");
+    more_attempts(&receiver, 10, 24 * HOUR, "retries after a jump of a day");
     assert_eq!(dead_letters(&setup), 0, "{}", daemon.log());
     receiver.set_behaviour(Arc::new(|_, _| Response::status(200)));
     wait_until(Duration::from_secs(30), "every event delivered", || {
@@ -177,9 +190,9 @@ fn a_device_booting_with_an_old_clock_that_ntp_steps_forward_by_days_keeps_its_b
     };
     let daemon = FakedDaemon::start(&setup, &lib, -48 * HOUR);
     let second = emit_one(&setup.socket(), "sensor.reading", json!({"n": 1}));
-    more_attempts(&receiver, 3, "attempts with the old clock");
+    more_attempts(&receiver, 3, -48 * HOUR, "attempts with the old clock");
     daemon.set_offset(0);
-    more_attempts(&receiver, 10, "retries after NTP's step");
+    more_attempts(&receiver, 10, 0, "retries after NTP's step");
     assert_eq!(dead_letters(&setup), 0, "{}", daemon.log());
     receiver.set_behaviour(Arc::new(|_, _| Response::status(200)));
     wait_until(Duration::from_secs(30), "both events delivered", || {
@@ -200,7 +213,7 @@ fn events_still_expire_after_max_age_of_real_time_when_the_clock_jumps() {
         emit_one(&setup.socket(), "sensor.reading", json!({ "n": n }));
     }
     daemon.set_offset(6 * HOUR);
-    more_attempts(&receiver, 5, "retries after the jump");
+    more_attempts(&receiver, 5, 6 * HOUR, "retries after the jump");
     assert_eq!(
         dead_letters(&setup),
         0,
