@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-/// libfaketime for the architecture edgehook runs as (under qemu, the ARM library that
-/// scripts/lib/cross.sh unpacks beside the ARM C library), or why there is none.
-fn faketime_lib() -> Result<PathBuf, String> {
+/// What to preload: libfaketime for the architecture edgehook runs as (under qemu, the ARM
+/// library that scripts/lib/cross.sh unpacks beside the ARM C library; on 32-bit ARM with the
+/// shim it builds, since Rust calls `__clock_gettime64` there, which libfaketime does not
+/// fake), or why there is none.
+fn faketime_preload() -> Result<String, String> {
     let triple = if cfg!(target_arch = "x86_64") {
         "x86_64-linux-gnu"
     } else if cfg!(target_arch = "aarch64") {
@@ -25,24 +27,29 @@ fn faketime_lib() -> Result<PathBuf, String> {
     } else {
         return Err("no libfaketime known for this architecture".into());
     };
-    let candidates = [
-        format!("/usr/lib/{triple}/faketime/libfaketime.so.1"),
-        format!("/usr/{triple}/lib/faketime/libfaketime.so.1"),
+    let dirs = [
+        format!("/usr/lib/{triple}/faketime"),
+        format!("/usr/{triple}/lib/faketime"),
     ];
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or_else(|| {
-            format!(
-                "libfaketime is not installed (looked for {candidates:?}; scripts/test installs it)"
-            )
-        })
+    let find = |name: &str| {
+        dirs.iter()
+            .map(|d| PathBuf::from(d).join(name))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                format!("{name} is not installed (looked in {dirs:?}; scripts/test and scripts/lib/cross.sh install it)")
+            })
+    };
+    let lib = find("libfaketime.so.1")?;
+    if cfg!(target_arch = "arm") {
+        let shim = find("libfaketime-time64.so")?;
+        return Ok(format!("{} {}", shim.display(), lib.display()));
+    }
+    Ok(lib.display().to_string())
 }
 
-/// The library, or `None` after saying why this test cannot run here (a failure under CI).
-fn faketime_available() -> Option<PathBuf> {
-    match faketime_lib() {
+/// The preload, or `None` after saying why this test cannot run here (a failure under CI).
+fn faketime_available() -> Option<String> {
+    match faketime_preload() {
         Ok(p) => Some(p),
         Err(why) => {
             assert!(std::env::var_os("CI").is_none(), "{why}");
@@ -60,7 +67,7 @@ struct FakedDaemon {
 }
 
 impl FakedDaemon {
-    fn start(setup: &Setup, lib: &Path, offset_s: i64) -> FakedDaemon {
+    fn start(setup: &Setup, preload: &str, offset_s: i64) -> FakedDaemon {
         let rc = setup.dir.path().join("faketime.rc");
         let log = setup.dir.path().join("daemon.log");
         let mut d = FakedDaemon {
@@ -68,7 +75,7 @@ impl FakedDaemon {
                 .arg("--config")
                 .arg(&setup.config)
                 .arg("run")
-                .env("LD_PRELOAD", lib)
+                .env("LD_PRELOAD", preload)
                 .env("FAKETIME_TIMESTAMP_FILE", &rc)
                 .env("FAKETIME_NO_CACHE", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")

@@ -47,16 +47,22 @@ cross_faketime() {
   local t="$1" arch dest work
   arch="$(deb_arch "$t")"
   dest="/usr/$(gnu_triple "$t")/lib/faketime"
-  [ -e "$dest/libfaketime.so.1" ] && return 0
-  work="$(mktemp -d)"
-  if ! (cd "$work" && apt-get download "libfaketime:$arch" >/dev/null 2>&1); then
-    curl -fsSL -o "$work/libfaketime_${FAKETIME_VERSION}_${arch}.deb" \
-      "${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/f/faketime/libfaketime_${FAKETIME_VERSION}_${arch}.deb"
+  if [ ! -e "$dest/libfaketime.so.1" ]; then
+    work="$(mktemp -d)"
+    if ! (cd "$work" && apt-get download "libfaketime:$arch" >/dev/null 2>&1); then
+      curl -fsSL -o "$work/libfaketime_${FAKETIME_VERSION}_${arch}.deb" \
+        "${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/f/faketime/libfaketime_${FAKETIME_VERSION}_${arch}.deb"
+    fi
+    dpkg -x "$work"/libfaketime_*.deb "$work/root"
+    mkdir -p "$dest"
+    cp -a "$work/root/usr/lib/$(gnu_triple "$t")/faketime/." "$dest/"
+    rm -rf "$work"
   fi
-  dpkg -x "$work"/libfaketime_*.deb "$work/root"
-  mkdir -p "$dest"
-  cp -a "$work/root/usr/lib/$(gnu_triple "$t")/faketime/." "$dest/"
-  rm -rf "$work"
+  # On 32-bit ARM, Rust reads the clock through __clock_gettime64, which libfaketime misses.
+  case "$t" in armv7-*)
+    "$(gnu_triple "$t")-gcc" -shared -fPIC -O2 -o "$dest/libfaketime-time64.so" \
+      "$(dirname "${BASH_SOURCE[0]}")/faketime-time64.c" ;;
+  esac
 }
 
 cross_env() {
