@@ -39,10 +39,14 @@ fn an_event_answered_400_becomes_a_dead_letter_after_max_attempts_and_later_even
         .count();
     assert_eq!(tries, 3, "max_attempts is 3");
     // The receiver has the last events a moment before their deliveries are recorded.
-    wait_until(Duration::from_secs(20), "the dead letter, nothing pending", || {
-        let s = setup.sink_status("cloud");
-        s["dead_letters"] == 1 && s["pending"] == 0
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the dead letter, nothing pending",
+        || {
+            let s = setup.sink_status("cloud");
+            s["dead_letters"] == 1 && s["pending"] == 0
+        },
+    );
     let s = setup.sink_status("cloud");
     assert!(s["last_error"].as_str().unwrap().contains("400"), "{s}");
     let conn = rusqlite::Connection::open(setup.db()).unwrap();

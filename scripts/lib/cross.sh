@@ -2,6 +2,7 @@
 # for the ARM targets, without Docker, rustup targets or binfmt_misc.
 #   cross_install TRIPLE…   installs the cross linkers, qemu-user-static and rustc-web 1.85, and
 #                           unpacks the target's standard library from libstd-rust-web-dev
+#                           and its libfaketime (for tests/clock.rs)
 #   cross_env TRIPLE        exports RUSTC, the linker, the C compiler and the qemu runner
 RUST_185=1.85.0+dfsg3-1~deb12u3
 
@@ -36,6 +37,32 @@ cross_install() {
     cp -a "$work/root/usr/lib/rustlib/$t" /usr/lib/rustlib/
     rm -rf "$work"
   done
+  for t in "$@"; do cross_faketime "$t"; done
+}
+
+# libfaketime for the target (tests/clock.rs preloads it into the edgehook it runs under
+# qemu), unpacked beside the target's C library the same way: /usr/<triple>/lib/faketime/.
+FAKETIME_VERSION=0.9.10-2.1
+cross_faketime() {
+  local t="$1" arch dest work
+  arch="$(deb_arch "$t")"
+  dest="/usr/$(gnu_triple "$t")/lib/faketime"
+  if [ ! -e "$dest/libfaketime.so.1" ]; then
+    work="$(mktemp -d)"
+    if ! (cd "$work" && apt-get download "libfaketime:$arch" >/dev/null 2>&1); then
+      curl -fsSL -o "$work/libfaketime_${FAKETIME_VERSION}_${arch}.deb" \
+        "${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/f/faketime/libfaketime_${FAKETIME_VERSION}_${arch}.deb"
+    fi
+    dpkg -x "$work"/libfaketime_*.deb "$work/root"
+    mkdir -p "$dest"
+    cp -a "$work/root/usr/lib/$(gnu_triple "$t")/faketime/." "$dest/"
+    rm -rf "$work"
+  fi
+  # On 32-bit ARM, Rust reads the clock through __clock_gettime64, which libfaketime misses.
+  case "$t" in armv7-*)
+    "$(gnu_triple "$t")-gcc" -shared -fPIC -O2 -o "$dest/libfaketime-time64.so" \
+      "$(dirname "${BASH_SOURCE[0]}")/faketime-time64.c" ;;
+  esac
 }
 
 cross_env() {

@@ -298,9 +298,10 @@ pub fn run_until(
         Outbox::open(&config.storage, config.device.id.as_deref())?;
     if let Some(aside) = &opened.moved_aside {
         log::error!(
-            "The outbox {} could not be read; it was moved to {} and a fresh outbox started",
+            "The outbox {} is damaged ({}); it was moved to {} and a fresh outbox started",
             config.storage.path.display(),
-            aside.display()
+            aside.why,
+            aside.to.display()
         );
     }
     let (control_tx, control_rx) = mpsc::channel(64);

@@ -3,6 +3,8 @@
 //! bounded channel. Commands that arrive together share one transaction, so concurrent
 //! producers share one fsync (group commit), and a producer is answered only after the commit.
 
+pub mod clock;
+mod header;
 mod read;
 mod schema;
 mod store;
@@ -16,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use read::{
     ActivityRow, DeadLetter, OutboxReport, SinkReport, activity, dead_letters, read_report,
 };
-pub use schema::{SCHEMA_VERSION, open_ro, open_rw};
+pub use schema::{MovedAside, SCHEMA_VERSION, mark_for_check, open_ro, open_rw};
 
 use crate::config::{SinkSpec, Storage};
 use crate::event::NewEvent;
@@ -89,6 +91,9 @@ pub enum AppendError {
     /// The device is decommissioned: local applications' events are refused.
     #[error("the device is decommissioned")]
     Decommissioned,
+    /// The disk holding the outbox is full; nothing was stored.
+    #[error("the disk holding the outbox is full")]
+    NoSpace,
     /// The write failed; nothing was stored.
     #[error("storage error: {0}")]
     Storage(String),
@@ -116,7 +121,7 @@ pub struct Delivery {
     pub event_type: String,
     /// The stored bytes.
     pub body: Arc<[u8]>,
-    /// When the event entered the outbox (Unix ms).
+    /// When the event entered the outbox (Unix ms on the age clock, `clock::age_now_ms`).
     pub created_ms: i64,
     /// Failed attempts so far.
     pub attempts: u32,
@@ -348,8 +353,8 @@ impl Command {
 pub struct Opened {
     /// The device id: from the config, or the one kept in the outbox (generated on first use).
     pub device_id: String,
-    /// Where an unreadable file was moved, when one was.
-    pub moved_aside: Option<PathBuf>,
+    /// Where a damaged file was moved and why, when one was.
+    pub moved_aside: Option<MovedAside>,
     /// The outbox was created now.
     pub created: bool,
     /// What the outbox keeps about the device.

@@ -63,6 +63,12 @@ pub struct DeadLetter {
     pub dead_ms: i64,
 }
 
+/// The wall clock's jumps the daemon saw (see `clock`): stored ages are in wall time plus
+/// this, and are turned back into wall time here.
+fn clock_offset(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(meta(conn, "clock_offset_ms")?.unwrap_or(0))
+}
+
 fn meta<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> rusqlite::Result<Option<T>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
@@ -103,9 +109,13 @@ fn read_inside(conn: &Connection) -> rusqlite::Result<OutboxReport> {
         ))
     })?;
     let mut sinks = Vec::new();
+    let offset = clock_offset(conn)?;
     for row in rows {
         let (id, mut sink) = row?;
-        sink.oldest_pending_ms = oldest.query_row(params![id], |r| r.get(0)).optional()?;
+        sink.oldest_pending_ms = oldest
+            .query_row(params![id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|ms| ms - offset);
         sinks.push(sink);
     }
     Ok(OutboxReport {
@@ -177,6 +187,7 @@ pub fn dead_letters(conn: &Connection, sink: Option<&str>) -> rusqlite::Result<V
          WHERE ?1 IS NULL OR s.name = ?1
          ORDER BY s.name, d.seq",
     )?;
+    let offset = clock_offset(conn)?;
     stmt.query_map(params![sink], |r| {
         Ok(DeadLetter {
             sink: r.get(0)?,
@@ -184,7 +195,7 @@ pub fn dead_letters(conn: &Connection, sink: Option<&str>) -> rusqlite::Result<V
             event_type: r.get(2)?,
             reason: r.get(3)?,
             attempts: r.get(4)?,
-            dead_ms: r.get(5)?,
+            dead_ms: r.get::<_, i64>(5)? - offset,
         })
     })?
     .collect()

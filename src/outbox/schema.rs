@@ -93,26 +93,59 @@ CREATE TABLE dead_letters (
 ) WITHOUT ROWID;
 ";
 
+/// A damaged outbox file that was moved aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedAside {
+    /// Where the file went (`<name>.corrupt-<unix time>`; its -wal and -shm beside it).
+    pub to: PathBuf,
+    /// What was wrong with it.
+    pub why: String,
+}
+
 /// Opens (or creates) the outbox for writing. A file SQLite cannot read is renamed to
-/// `<name>.corrupt-<unix time>` and a fresh outbox started; the returned path says so.
+/// `<name>.corrupt-<unix time>` (with its -wal and -shm) and a fresh outbox started; the
+/// returned value says so. Only cheap checks run at open (the header, and SQLite's own
+/// reading of the schema), so start-up stays fast with a large backlog; a file marked by
+/// `mark_for_check` (corruption met while running) gets a full `quick_check` first.
 pub fn open_rw(
     path: &Path,
     durability: Durability,
-) -> Result<(Connection, Option<PathBuf>), StoreError> {
+) -> Result<(Connection, Option<MovedAside>), StoreError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(path, e))?;
         }
     }
-    match try_open(path, durability) {
-        Ok(conn) => Ok((conn, None)),
-        Err(StoreError::Sqlite { source, .. }) if unreadable(&source) => {
-            let aside = move_aside(path)?;
-            let conn = try_open(path, durability)?;
-            Ok((conn, Some(aside)))
+    let marker = check_marker(path);
+    // Checked before SQLite opens the file, because SQLite may reset or delete a -wal it
+    // cannot use, and that -wal belongs with the damaged file.
+    let damage = if marker.exists() {
+        full_check(path)
+    } else {
+        super::header::damage(path)
+    };
+    let mut moved = match damage {
+        Some(why) => Some(MovedAside {
+            to: move_aside(path)?,
+            why,
+        }),
+        None => None,
+    };
+    let conn = match try_open(path, durability) {
+        Ok(conn) => conn,
+        Err(StoreError::Sqlite { source, .. }) if moved.is_none() && unreadable(&source) => {
+            moved = Some(MovedAside {
+                to: move_aside(path)?,
+                why: source.to_string(),
+            });
+            try_open(path, durability)?
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(|e| StoreError::io(&marker, e))?;
     }
+    Ok((conn, moved))
 }
 
 /// Opens an existing outbox read-only (for `status` and other commands that work while the
@@ -132,7 +165,46 @@ pub fn open_ro(path: &Path) -> Result<Option<Connection>, StoreError> {
     Ok(Some(conn))
 }
 
-fn unreadable(e: &rusqlite::Error) -> bool {
+/// Marks the outbox for a full check at the next start: SQLite reported corruption while
+/// running, which the cheap checks at open may not see.
+pub fn mark_for_check(path: &Path) -> std::io::Result<()> {
+    std::fs::write(
+        check_marker(path),
+        b"SQLite reported corruption while running\n",
+    )
+}
+
+/// `<name>.needs-check`, beside the outbox.
+fn check_marker(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".needs-check");
+    PathBuf::from(p)
+}
+
+/// What a full `quick_check` finds wrong, if anything.
+fn full_check(path: &Path) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    let conn = match Connection::open(path) {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
+    };
+    let rows: rusqlite::Result<Vec<String>> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+    match rows {
+        Ok(rows) if rows == ["ok"] => None,
+        Ok(rows) => Some(format!(
+            "quick_check: {}",
+            rows.join("; ").lines().collect::<Vec<_>>().join("; ")
+        )),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Whether SQLite's error means the file is not a readable database.
+pub(super) fn unreadable(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Measured, Opened,
     Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError, Totals, Transition,
-    schema,
+    clock, schema,
 };
 use crate::config::{Durability, Storage, WhenFull};
 
@@ -27,6 +27,12 @@ const REPORTS_BUSY: usize = 4;
 const REPORTS_TOGETHER: usize = 32;
 const REPORTS_WAIT: Duration = Duration::from_millis(2);
 const REPORTS_STEP: Duration = Duration::from_micros(500);
+
+/// Delivery reports kept in memory while the disk is full (about 100 bytes each).
+const UNRECORDED_KEEP: usize = 100_000;
+
+/// How often writes are tried again while the disk is full.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Attempts kept for `edgehook activity`, over all sinks; older ones are trimmed in steps.
 pub(super) const ACTIVITY_KEEP: i64 = 10_000;
@@ -61,7 +67,27 @@ pub(super) struct Store {
     any_supplied: bool,
     /// Commits are synced now (`PRAGMA synchronous = FULL`).
     syncing: bool,
+    /// SQLite reported the file corrupt during this batch.
+    corrupt: Option<String>,
+    /// A write of this batch failed for want of space on the disk.
+    no_space: bool,
+    /// The disk was full at the last commit (so the recovery is logged once).
+    disk_full: bool,
+    /// Delivery reports the full disk had no room for, recorded once it has.
+    unrecorded: Vec<Report>,
+    /// When writes were last tried on the full disk.
+    last_probe: Instant,
+    /// The wall clock's jumps, added to stored times (`clock`), as of this batch.
+    offset_ms: i64,
+    /// The offset as the outbox keeps it.
+    saved_offset_ms: Option<i64>,
 }
+
+#[path = "recovery.rs"]
+mod recovery;
+
+/// The in-memory counters, kept to be restored when a transaction is rolled back.
+type Snapshot = (i64, i64, i64, BTreeMap<SinkId, SinkRow>, bool);
 
 fn meta_get<T: rusqlite::types::FromSql>(
     conn: &Connection,
@@ -141,7 +167,15 @@ impl Store {
             decommissioned: facts.lifecycle.as_deref() == Some(DECOMMISSIONED),
             any_supplied,
             syncing: limits.durability == Durability::Full,
+            corrupt: None,
+            no_space: false,
+            disk_full: false,
+            unrecorded: Vec::new(),
+            last_probe: Instant::now(),
+            offset_ms: 0,
+            saved_offset_ms: None,
         };
+        store.start_clock().map_err(err)?;
         store.load_sinks().map_err(err)?;
         Ok((
             store,
@@ -230,16 +264,25 @@ impl Store {
             Totals(oneshot::Sender<Totals>),
         }
         let mut answers = Vec::with_capacity(batch.len());
+        // While the disk is full, writes are tried once a second; in between, events are
+        // refused and delivery reports kept, so that fetches still succeed and sinks deliver.
+        let probe = self.last_probe.elapsed() >= PROBE_EVERY;
+        let hold = self.disk_full && !probe;
+        if self.disk_full && probe {
+            self.last_probe = Instant::now();
+            // Moving the WAL into the main file gives its space back (SQLite keeps a WAL at its
+            // largest size otherwise); it fails harmlessly while there is no room to do it.
+            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            let kept = std::mem::take(&mut self.unrecorded);
+            self.record_alone(kept);
+        }
+        self.offset_ms = clock::offset_ms();
         let began = self
             .sync_commit_if(batch.iter().any(Command::acknowledges))
             .and_then(|_| self.conn.execute_batch("BEGIN IMMEDIATE"));
-        let snapshot = (
-            self.events,
-            self.bytes,
-            self.dropped,
-            self.sinks.clone(),
-            self.decommissioned,
-        );
+        let snapshot = self.snapshot();
+        let mut reports = Vec::new();
+        let mut stored_any = false;
         let mut failure: Option<String> = began.err().map(|e| e.to_string());
         for cmd in batch.drain(..) {
             if let Some(f) = &failure {
@@ -262,10 +305,26 @@ impl Store {
                         answers.push(Answer::Redeliver(reply, Err(f.clone())))
                     }
                     Command::Totals(reply) => answers.push(Answer::Totals(reply)),
-                    Command::Report(_) => {}
+                    Command::Report(report) => reports.push(report),
                 }
                 continue;
             }
+            let cmd = match cmd {
+                Command::Append(_, reply) if hold => {
+                    answers.push(Answer::Append(reply, Err(AppendError::NoSpace)));
+                    continue;
+                }
+                Command::Transition(_, reply) if hold => {
+                    answers.push(Answer::Transition(reply, Err(AppendError::NoSpace)));
+                    continue;
+                }
+                Command::Report(report) if hold => {
+                    self.keep_unrecorded(vec![report], None);
+                    continue;
+                }
+                cmd => cmd,
+            };
+            stored_any |= matches!(cmd, Command::Append(..) | Command::Transition(..));
             let outcome = match cmd {
                 Command::Append(event, reply) => match self.append(event) {
                     Ok(r) => {
@@ -299,11 +358,17 @@ impl Store {
                     limit,
                     reply,
                 } => {
-                    let r = self.fetch(sink, after, limit).map_err(|e| e.to_string());
+                    let r = self.fetch(sink, after, limit).map_err(|e| {
+                        self.notice(&e);
+                        e.to_string()
+                    });
                     answers.push(Answer::Fetch(reply, r));
                     Ok(())
                 }
-                Command::Report(report) => self.report(report),
+                Command::Report(report) => {
+                    reports.push(report.clone());
+                    self.report(report)
+                }
                 Command::Routes(routes, reply) => match self.set_routes(routes) {
                     Ok(ids) => {
                         answers.push(Answer::Routes(reply, Ok(ids)));
@@ -334,6 +399,7 @@ impl Store {
                 }
             };
             if let Err(e) = outcome {
+                self.notice(&e);
                 failure = Some(e.to_string());
             }
         }
@@ -342,27 +408,32 @@ impl Store {
                 .write_counters()
                 .and_then(|_| self.conn.execute_batch("COMMIT"))
             {
+                self.notice(&e);
                 failure = Some(e.to_string());
             }
         }
-        if let Some(f) = &failure {
-            log::error!(path:% = self.path.display(); "Outbox transaction failed; nothing in it was acknowledged: {f}");
-            let _ = self.conn.execute_batch("ROLLBACK");
-            (
-                self.events,
-                self.bytes,
-                self.dropped,
-                self.sinks,
-                self.decommissioned,
-            ) = snapshot;
-            self.dirty.clear();
-            self.to_wake.clear();
+        if let Some(why) = self.corrupt.take() {
+            self.stop_on_corruption(&why);
         }
+        let no_space = std::mem::take(&mut self.no_space);
+        if let Some(f) = &failure {
+            if !no_space {
+                log::error!(path:% = self.path.display(); "Outbox transaction failed; nothing in it was acknowledged: {f}");
+            }
+            self.roll_back(snapshot);
+            if no_space {
+                self.record_alone(reports);
+            }
+        }
+        self.note_space(no_space, stored_any && failure.is_none());
         let totals = self.totals();
         for a in answers {
             match a {
                 Answer::Append(reply, r) => {
                     let r = match (&failure, r) {
+                        (Some(_), Ok(_) | Err(AppendError::Storage(_))) if no_space => {
+                            Err(AppendError::NoSpace)
+                        }
                         (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
                         (_, r) => r,
                     };
@@ -370,6 +441,9 @@ impl Store {
                 }
                 Answer::Transition(reply, r) => {
                     let r = match (&failure, r) {
+                        (Some(_), Ok(_) | Err(AppendError::Storage(_))) if no_space => {
+                            Err(AppendError::NoSpace)
+                        }
                         (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
                         (_, r) => r,
                     };
@@ -513,7 +587,7 @@ impl Store {
                 event.id,
                 event.event_type,
                 event.body,
-                event.created_ms,
+                event.created_ms + self.offset_ms,
                 targets.len() as i64
             ])?;
         let seq = self.conn.last_insert_rowid();
@@ -755,7 +829,7 @@ impl Store {
             .prepare_cached(
                 "INSERT OR REPLACE INTO dead_letters (sink, seq, attempts, reason, dead_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![sink, seq, attempts, reason, at_ms])?;
+            .execute(params![sink, seq, attempts, reason, at_ms + self.offset_ms])?;
         let row = self.sinks.entry(sink).or_default();
         row.pending -= 1;
         row.dead += 1;
@@ -810,7 +884,7 @@ impl Store {
             // A fresh `max_age`, or an expired dead letter would expire again at once.
             self.conn
                 .prepare_cached("UPDATE events SET created_ms = ?2 WHERE seq = ?1")?
-                .execute(params![seq, super::now_ms()])?;
+                .execute(params![seq, super::now_ms() + self.offset_ms])?;
             let row = self.sinks.entry(sink).or_default();
             row.dead -= 1;
             row.pending += 1;
@@ -873,7 +947,7 @@ impl Store {
     }
 
     fn expire(&mut self, now_ms: i64) -> rusqlite::Result<()> {
-        let cutoff = now_ms - self.limits.max_age.as_millis() as i64;
+        let cutoff = now_ms + self.offset_ms - self.limits.max_age.as_millis() as i64;
         let old: Vec<i64> = self
             .conn
             .prepare_cached(
@@ -925,6 +999,10 @@ impl Store {
     }
 
     fn write_counters(&mut self) -> rusqlite::Result<()> {
+        if self.saved_offset_ms != Some(self.offset_ms) {
+            meta_set(&self.conn, "clock_offset_ms", self.offset_ms)?;
+            self.saved_offset_ms = Some(self.offset_ms);
+        }
         if self.counts_dirty {
             let mut stmt = self
                 .conn

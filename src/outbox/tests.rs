@@ -254,7 +254,7 @@ fn a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_outbox_starts() {
     std::fs::write(&cfg.storage.path, vec![0xA5u8; 8192]).unwrap();
     let (outbox, opened, thread) = Outbox::open(&cfg.storage, None).unwrap();
     let aside = opened.moved_aside.expect("moved aside");
-    assert_eq!(std::fs::read(aside).unwrap(), vec![0xA5u8; 8192]);
+    assert_eq!(std::fs::read(aside.to).unwrap(), vec![0xA5u8; 8192]);
     close(outbox, thread);
 }
 

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{SinkKind, SinkSpec};
-use crate::outbox::{Delivery, Measured, Outbox, Report, SinkId, SinkState, now_ms};
+use crate::outbox::{Delivery, Measured, Outbox, Report, SinkId, SinkState, clock, now_ms};
 use crate::wake::Wake;
 
 /// How many deliveries the feeder reads at once.
@@ -298,7 +298,7 @@ fn deliver(s: &Shared, d: Delivery) {
             s.control.wait(seen, IDLE);
             continue;
         }
-        if s.max_age_ms > 0 && now_ms() - d.created_ms > s.max_age_ms {
+        if s.max_age_ms > 0 && clock::age_now_ms() - d.created_ms > s.max_age_ms {
             s.outbox.report_blocking(Report::Dead {
                 sink: s.id,
                 seq: d.seq,

@@ -26,7 +26,7 @@ use rumqttc::{Outgoing, TlsConfiguration, Transport};
 
 use super::{Shared, SinkError, backoff};
 use crate::config::{MqttSpec, SinkKind, SinkSpec};
-use crate::outbox::{Delivery, Measured, Report, SinkState, now_ms};
+use crate::outbox::{Delivery, Measured, Report, SinkState, clock, now_ms};
 
 /// A broker.
 pub struct MqttSink {
@@ -433,7 +433,7 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                 }
             }
             let Some(d) = queued.pop_front() else { break };
-            if s.max_age_ms > 0 && now_ms() - d.created_ms > s.max_age_ms {
+            if s.max_age_ms > 0 && clock::age_now_ms() - d.created_ms > s.max_age_ms {
                 let report = Report::Dead {
                     sink: s.id,
                     seq: d.seq,

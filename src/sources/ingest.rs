@@ -456,6 +456,7 @@ fn append_reply(
             line
         }
         Ok(Err(AppendError::Full)) => reply_err("full", "the outbox is full"),
+        Ok(Err(AppendError::NoSpace)) => reply_err("full", NO_SPACE),
         Ok(Err(AppendError::Decommissioned)) => reply_err(
             "decommissioned",
             "the device is decommissioned; events are refused until `edgehook provision`",
@@ -470,6 +471,10 @@ fn append_reply(
         ),
     }
 }
+
+/// The refusal for an event the full disk had no room for: `full`, like a full outbox, since
+/// the producer's remedy is the same (try again later) and nothing was stored.
+pub(crate) const NO_SPACE: &str = "the disk holding the outbox is full; the event was not stored";
 
 fn reply_err(code: &str, error: &str) -> Vec<u8> {
     let mut line =
