@@ -22,6 +22,7 @@ use edgehook::client::{Client, Reply};
 use rand::Rng;
 use serde_json::json;
 
+/// Under an emulator a tenth of both (`scaled`).
 const KILLS: usize = 200;
 const PRODUCERS: usize = 8;
 const PER_PRODUCER: usize = 2500;
@@ -63,6 +64,7 @@ fn two_hundred_kills_while_eight_producers_emit_and_two_sinks_drain_lose_nothing
     ));
     let mut daemon = setup.start();
 
+    let (kills, per_producer) = (scaled(KILLS), scaled(PER_PRODUCER));
     // Production is spread over the kills: each daemon's life lets every producer send a
     // little more, and the last lives only drain.
     let allowed = Arc::new(AtomicUsize::new(0));
@@ -72,7 +74,7 @@ fn two_hundred_kills_while_eight_producers_emit_and_two_sinks_drain_lose_nothing
             let socket = setup.socket();
             let (allowed, done) = (allowed.clone(), done.clone());
             thread::spawn(move || {
-                let acked = produce(&socket, p, &allowed);
+                let acked = produce(&socket, p, per_producer, &allowed);
                 done.fetch_add(1, Ordering::SeqCst);
                 acked
             })
@@ -81,9 +83,9 @@ fn two_hundred_kills_while_eight_producers_emit_and_two_sinks_drain_lose_nothing
 
     let mut rng = rand::rng();
     let (mut mid_stream, mut during_start_up) = (0, 0);
-    for kill in 0..KILLS {
-        let share = PER_PRODUCER * (kill + 1) / (KILLS - 20);
-        allowed.store(share.min(PER_PRODUCER), Ordering::SeqCst);
+    for kill in 0..kills {
+        let share = per_producer * (kill + 1) / (kills - kills / 10);
+        allowed.store(share.min(per_producer), Ordering::SeqCst);
         if rng.random_bool(0.25) {
             // The process launched by the last kill, while it starts up and recovers.
             thread::sleep(Duration::from_millis(rng.random_range(0..20)));
@@ -107,7 +109,7 @@ fn two_hundred_kills_while_eight_producers_emit_and_two_sinks_drain_lose_nothing
         .into_iter()
         .flat_map(|p| p.join().expect("a producer"))
         .collect();
-    assert_eq!(acked.len(), PRODUCERS * PER_PRODUCER);
+    assert_eq!(acked.len(), PRODUCERS * per_producer);
     let ids: HashSet<&str> = acked.iter().map(|a| a.id.as_str()).collect();
     wait_until(
         Duration::from_secs(300),
@@ -146,11 +148,11 @@ fn two_hundred_kills_while_eight_producers_emit_and_two_sinks_drain_lose_nothing
         // in flight to the sink at a kill. At both sinks the first arrivals are `order`.
         let (retried, arrivals) = without_repeats_of(arrivals, &resent);
         let repeats = check_arrivals(&arrivals, &order, window);
-        assert!(repeats <= KILLS * window);
+        assert!(repeats <= kills * window);
         figures += &format!("{sink}: {repeats} repeats, {retried} of producers' resends; ");
     }
     eprintln!(
-        "{KILLS} kills ({mid_stream} while producers emitted, {during_start_up} during start-up); \
+        "{kills} kills ({mid_stream} while producers emitted, {during_start_up} during start-up); \
          {} events acknowledged ({} after a resend), lost 0; {figures}",
         acked.len(),
         resent.len()
@@ -160,11 +162,10 @@ fn two_hundred_kills_while_eight_producers_emit_and_two_sinks_drain_lose_nothing
     assert_eq!(integrity_check(&setup.db()), "ok");
 }
 
-/// Emits `PER_PRODUCER` events with ids `p{producer}-{i}` over the socket, no more than
+/// Emits `n` events with ids `p{producer}-{i}` over the socket, no more than
 /// `allowed` so far, keeping `WINDOW` in flight; after a lost connection reconnects and sends
 /// everything unacknowledged again. Returns what was acknowledged, in order.
-fn produce(socket: &Path, producer: usize, allowed: &AtomicUsize) -> Vec<Acked> {
-    let n = PER_PRODUCER;
+fn produce(socket: &Path, producer: usize, n: usize, allowed: &AtomicUsize) -> Vec<Acked> {
     let mut acked = Vec::with_capacity(n);
     let mut in_flight: VecDeque<(usize, Instant, bool)> = VecDeque::new();
     let mut next = 0;

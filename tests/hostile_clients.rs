@@ -211,7 +211,7 @@ fn a_hundred_thousand_garbage_lines_are_answered_while_other_clients_are_served(
     let before = memory(pid);
     let conn = raw(&setup);
     let mut writer = conn.try_clone().unwrap();
-    let lines = 100_000;
+    let lines = scaled(100_000);
     let sending = std::thread::spawn(move || {
         for n in 0..lines {
             writer.write_all(&garbage(n)).unwrap();
@@ -262,11 +262,12 @@ fn lines_over_the_size_limit_are_refused_without_being_held_in_memory() {
     assert!(matches!(c.recv().unwrap(), Reply::Err { code, .. } if code == "too_large"));
     let before = memory(pid);
     // 16 lines of 4 MiB, then a single line of 64 MiB: 128 MiB the daemon must not hold.
+    let (count, last) = (scaled(160) / 10, scaled(640) / 10);
     let conn = raw(&setup);
     let mut writer = conn.try_clone().unwrap();
     let sending = std::thread::spawn(move || {
         let mib = vec![b'x'; 1 << 20];
-        for size in std::iter::repeat_n(4, 16).chain([64]) {
+        for size in std::iter::repeat_n(4, count).chain([last]) {
             for _ in 0..size {
                 writer.write_all(&mib).unwrap();
             }
@@ -274,7 +275,7 @@ fn lines_over_the_size_limit_are_refused_without_being_held_in_memory() {
         }
     });
     let mut r = BufReader::new(conn);
-    for _ in 0..17 {
+    for _ in 0..=count {
         assert_eq!(reply(&mut r)["code"], "too_large");
     }
     sending.join().unwrap();

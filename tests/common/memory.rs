@@ -32,8 +32,7 @@ pub fn memory(pid: i32) -> Memory {
 /// translates each code path the daemon takes for the first time and keeps the translation
 /// (seen: 14 MiB under qemu-aarch64 where the daemon itself grew by 1.3 MiB).
 pub fn emulator_allowance_kib() -> u64 {
-    let emulated = std::env::var("EDGEHOOK_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
-    if emulated { 48 * 1024 } else { 0 }
+    if super::emulated() { 48 * 1024 } else { 0 }
 }
 
 /// How much the peak since `before` exceeds `before`'s resident size, checked against

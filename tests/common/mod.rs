@@ -41,6 +41,27 @@ pub fn edgehook() -> Command {
     }
 }
 
+/// Whether the edgehook binary runs under an emulator (`EDGEHOOK_TEST_RUNNER`).
+pub fn emulated() -> bool {
+    std::env::var("EDGEHOOK_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
+}
+
+/// The count of a load or fault loop: `n` natively, a tenth of it (at least 1) under an
+/// emulator, where each step costs about ten times as much and CI has the time of the whole
+/// suite twice over (aarch64 and armv7). The native run keeps the full count; the emulated one
+/// checks the same behaviour on the device's architecture.
+pub fn scaled(n: usize) -> usize {
+    if emulated() {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!("under an emulator: load and fault loops run at a tenth of their count")
+        });
+        (n / 10).max(1)
+    } else {
+        n
+    }
+}
+
 /// Runs `edgehook --config CONFIG ARGS…` to completion.
 pub fn run(config: &Path, args: &[&str]) -> Output {
     edgehook()
