@@ -198,7 +198,8 @@ fn an_outbox_from_a_newer_edgehook_is_refused_by_run_and_status_with_exit_74() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(74), "{stderr}");
     let db = setup.db().display().to_string();
-    for needed in [db.as_str(), "schema version 99", "(2)", "upgrade edgehook"] {
+    let ours = format!("({})", edgehook::outbox::SCHEMA_VERSION);
+    for needed in [db.as_str(), "schema version 99", &ours, "upgrade edgehook"] {
         assert!(stderr.contains(needed), "{needed:?} not in: {stderr}");
     }
     let out = run(&setup.config, &["status"]);
