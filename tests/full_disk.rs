@@ -155,7 +155,10 @@ fn a_full_disk_refuses_new_events_keeps_delivering_and_accepts_again_once_space_
     assert!(!t.refused.is_empty(), "the disk never filled up");
     // How many fit before the disk filled depends on how the WAL grew; that some did shows
     // the refusals came from the full disk, not from a broken outbox.
-    assert!(!t.acked.is_empty(), "no event was taken before the disk filled");
+    assert!(
+        !t.acked.is_empty(),
+        "no event was taken before the disk filled"
+    );
     for (code, error) in &t.refused {
         assert_eq!(code, "full", "{error}");
         assert!(
