@@ -387,7 +387,8 @@ fn raise_open_files(max_connections: u32) {
         }
     };
     // The outbox, sink connections, inventory scripts and the journal need some too.
-    let needed = u64::from(max_connections) + 64;
+    // `rlim_t` is 32 bits on armv7.
+    let needed = nix::libc::rlim_t::from(max_connections) + 64;
     if limit < needed {
         log::warn!(
             "Only {limit} files may be open; ingest.max_connections = {max_connections} needs about {needed}, so connections may wait when many are open"
