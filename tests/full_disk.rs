@@ -117,23 +117,30 @@ fn config_text(dir: &Path, disk: &Path, rest: &str) -> String {
     )
 }
 
-#[test]
-fn a_full_disk_refuses_new_events_keeps_delivering_and_accepts_again_once_space_is_freed() {
-    let receiver = Receiver::start(Arc::new(|_, _| {
-        std::thread::sleep(Duration::from_millis(2));
-        Response::status(200)
-    }));
+/// A daemon whose outbox is on an 8 MiB tmpfs, delivering `sensor.*` events to `receiver`;
+/// None where no tmpfs can be mounted (the mount says why, and fails under CI).
+fn daemon_on_tmpfs(receiver: &Receiver) -> Option<(Setup, Tmpfs, Daemon)> {
     let setup = Setup::new("");
-    let Some(disk) = Tmpfs::mount(&setup.dir.path().join("disk"), "8m") else {
-        return;
-    };
+    let disk = Tmpfs::mount(&setup.dir.path().join("disk"), "8m")?;
     let sink = http_sink("cloud", &receiver.url(), SECRET, "events = [\"sensor.*\"]");
     std::fs::write(
         &setup.config,
         config_text(setup.dir.path(), &disk.dir, &sink),
     )
     .unwrap();
-    let mut daemon = setup.start();
+    let daemon = setup.start();
+    Some((setup, disk, daemon))
+}
+
+#[test]
+fn a_full_disk_refuses_new_events_keeps_delivering_and_accepts_again_once_space_is_freed() {
+    let receiver = Receiver::start(Arc::new(|_, _| {
+        std::thread::sleep(Duration::from_millis(2));
+        Response::status(200)
+    }));
+    let Some((setup, disk, mut daemon)) = daemon_on_tmpfs(&receiver) else {
+        return;
+    };
     // Leave about 1 MiB for the outbox, so that 8 producers of 1 KiB events outrun the receiver.
     let filler = disk.dir.join("filler");
     fill(&filler, disk.free().saturating_sub(1024 * 1024));
@@ -246,17 +253,9 @@ fn a_full_disk_refuses_new_events_keeps_delivering_and_accepts_again_once_space_
 #[test]
 fn a_daemon_restarted_on_a_full_disk_starts_and_delivers_its_backlog() {
     let receiver = Receiver::start(Arc::new(|_, _| Response::status(503)));
-    let setup = Setup::new("");
-    let Some(disk) = Tmpfs::mount(&setup.dir.path().join("disk"), "8m") else {
+    let Some((setup, disk, mut daemon)) = daemon_on_tmpfs(&receiver) else {
         return;
     };
-    let sink = http_sink("cloud", &receiver.url(), SECRET, "events = [\"sensor.*\"]");
-    std::fs::write(
-        &setup.config,
-        config_text(setup.dir.path(), &disk.dir, &sink),
-    )
-    .unwrap();
-    let mut daemon = setup.start();
     let tally = Mutex::new(Tally::default());
     produce(&setup.socket(), 0, 200, &tally);
     let acked = tally.into_inner().unwrap().acked;
