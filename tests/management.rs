@@ -202,14 +202,16 @@ fn sinks_added_updated_and_removed_while_2000_events_flow_take_effect_at_once_an
         .collect();
     let unique: HashSet<&String> = got.iter().collect();
     assert_eq!(unique.len(), got.len(), "no event reached the sink twice");
+    // The producer has one event in flight: the one it counts just after a command returned
+    // may have been stored either side of the reload, so each bound takes one event of slack.
     for id in &got {
         let at = position[id];
         assert!(
-            (add_before..remove_after).contains(&at),
+            (add_before..=remove_after).contains(&at),
             "event {at} reached the sink outside its lifetime ({add_before}..{remove_after})"
         );
     }
-    for id in &acked[add_after..remove_before] {
+    for id in &acked[add_after + 1..remove_before] {
         assert!(
             unique.contains(id),
             "event {} never reached the sink",
@@ -221,7 +223,7 @@ fn sinks_added_updated_and_removed_while_2000_events_flow_take_effect_at_once_an
         first
             .delivered_ids()
             .iter()
-            .all(|id| position[id] < update_after)
+            .all(|id| position[id] <= update_after)
     );
     assert!(
         second
