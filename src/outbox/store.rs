@@ -20,10 +20,12 @@ use crate::config::{Durability, Storage, WhenFull};
 const BATCH: usize = 2048;
 
 /// Delivery reports gathered into one commit while a sink drains (see
-/// `wait_for_more_reports`): from `REPORTS_BUSY` waiting, up to `REPORTS_TOGETHER` or what
-/// arrives within `REPORTS_WAIT`. What a `kill -9` can make a sink send again stays well
-/// inside the crash test's bound (64).
+/// `wait_for_more_reports`): from `REPORTS_BUSY` waiting, or from one when reports were
+/// committed within `REPORTS_RECENT` (a sink delivering one at a time), up to
+/// `REPORTS_TOGETHER` or what arrives within `REPORTS_WAIT`. What a `kill -9` can make a sink
+/// send again stays well inside the crash test's bound (64).
 const REPORTS_BUSY: usize = 4;
+const REPORTS_RECENT: Duration = Duration::from_millis(20);
 const REPORTS_TOGETHER: usize = 32;
 const REPORTS_WAIT: Duration = Duration::from_millis(2);
 const REPORTS_STEP: Duration = Duration::from_micros(500);
@@ -77,6 +79,8 @@ pub(super) struct Store {
     unrecorded: Vec<Report>,
     /// When writes were last tried on the full disk.
     last_probe: Instant,
+    /// When delivery reports alone were last committed.
+    last_reports: Option<Instant>,
     /// The wall clock's jumps, added to stored times (`clock`), as of this batch.
     offset_ms: i64,
     /// The offset as the outbox keeps it.
@@ -172,6 +176,7 @@ impl Store {
             disk_full: false,
             unrecorded: Vec::new(),
             last_probe: Instant::now(),
+            last_reports: None,
             offset_ms: 0,
             saved_offset_ms: None,
         };
@@ -227,13 +232,20 @@ impl Store {
                         Err(_) => break,
                     }
                 }
-                if !wait_for_more_reports(&batch, waited) {
+                let draining = self
+                    .last_reports
+                    .is_some_and(|at| at.elapsed() < REPORTS_RECENT);
+                if !wait_for_more_reports(&batch, waited, draining) {
                     break;
                 }
                 std::thread::sleep(REPORTS_STEP);
                 waited += REPORTS_STEP;
             }
+            let only_reports = batch.iter().all(|c| matches!(c, Command::Report(_)));
             self.run_batch(&mut batch);
+            if only_reports {
+                self.last_reports = Some(Instant::now());
+            }
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     }
@@ -1036,13 +1048,14 @@ impl Store {
     }
 }
 
-/// Whether a batch of delivery reports should wait a little for more. While a sink drains
-/// quickly, its reports come several at a time and every commit rewrites the same few
-/// pages (and fsyncs), so gathering them divides the bytes written per event. A lone
-/// report, or a batch with anything a caller waits for, is committed at once, so a quiet
-/// sink's delivery is recorded as soon as it happens.
-fn wait_for_more_reports(batch: &[Command], waited: Duration) -> bool {
-    batch.len() >= REPORTS_BUSY
+/// Whether a batch of delivery reports should wait a little for more. While a sink drains,
+/// its reports come several at a time (or, delivering one at a time, one after another:
+/// `draining`) and every commit rewrites the same few pages, so gathering them divides the
+/// bytes written and the work per event. A lone report of a quiet sink, or a batch with
+/// anything a caller waits for, is committed at once, so a quiet sink's delivery is recorded
+/// as soon as it happens.
+fn wait_for_more_reports(batch: &[Command], waited: Duration, draining: bool) -> bool {
+    (batch.len() >= REPORTS_BUSY || draining)
         && batch.len() < REPORTS_TOGETHER
         && waited < REPORTS_WAIT
         && batch.iter().all(|c| matches!(c, Command::Report(_)))

@@ -11,9 +11,12 @@ use std::sync::Mutex;
 
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::NextTimeout;
+use ureq::unversioned::transport::{
+    ConnectProxyConnector, Connector, NextTimeout, RustlsConnector,
+};
 
 use super::format::Format;
+use super::lean_tcp::LeanTcpConnector;
 use super::{Attempt, Outcome, SinkError, backoff, tls};
 use crate::config::{SinkKind, SinkSpec};
 
@@ -90,12 +93,17 @@ impl HttpSink {
             .timeout_global(Some(spec.timeout))
             .user_agent(format!("edgehook/{}", env!("CARGO_PKG_VERSION")))
             .tls_config(tls_config(&spec)?)
+            // Every worker keeps its connection between requests (ureq keeps 3 a host).
+            .max_idle_connections_per_host(spec.max_in_flight.max(1))
+            .max_idle_connections(spec.max_in_flight.max(10))
             .build();
         warn_plain_http(&spec);
         Ok(HttpSink {
             agent: ureq::Agent::with_parts(
                 config,
-                ureq::unversioned::transport::DefaultConnector::new(),
+                ().chain(ConnectProxyConnector::default())
+                    .chain(LeanTcpConnector)
+                    .chain(RustlsConnector::default()),
                 KeptResolver::default(),
             ),
             spec,

@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod format;
 pub mod http;
+pub mod lean_tcp;
 pub mod mqtt;
 pub mod signing;
 pub mod tls;
