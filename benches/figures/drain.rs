@@ -134,12 +134,20 @@ pub fn oha_rate(dir: &Path, receiver: &Receiver, n: usize, connections: usize) -
         .expect("oha's requestsPerSec")
 }
 
-/// edgehook draining `n` events through the broker with QoS 1; events/s from the daemon's
-/// start to an empty outbox.
+/// How many QoS 1 messages mosquitto_pub keeps in flight: libmosquitto's default (and
+/// Mosquitto's default receive maximum). edgehook's sink is given the same window.
+pub const MQTT_WINDOW: usize = 20;
+
+/// edgehook draining `n` events through the broker with QoS 1 and `MQTT_WINDOW` in flight;
+/// events/s from the daemon's start to an empty outbox.
 pub fn mqtt(backlog: &Setup, broker: &Broker, n: usize) -> f64 {
     let setup = copy_of(backlog);
     let started = Instant::now();
-    let _daemon = start_draining(&setup, &broker.url(), "qos = 1\ntopic = \"bench/{type}\"");
+    let _daemon = start_draining(
+        &setup,
+        &broker.url(),
+        &format!("qos = 1\ntopic = \"bench/{{type}}\"\nmax_in_flight = {MQTT_WINDOW}"),
+    );
     wait_drained(&setup.db(), limit(n));
     rate(n, started.elapsed())
 }

@@ -276,10 +276,19 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "MQTT drain",
-                how: format!("backlog of {n} through Mosquitto, QoS 1"),
+                how: format!(
+                    "backlog of {n} through Mosquitto, QoS 1, max_in_flight = {}",
+                    drain::MQTT_WINDOW
+                ),
                 unit: "events/s",
                 value,
-                anchor: Some(("mosquitto_pub -l -q 1, same payloads".into(), anchor)),
+                anchor: Some((
+                    format!(
+                        "mosquitto_pub -l -q 1, same payloads, {} in flight",
+                        drain::MQTT_WINDOW
+                    ),
+                    anchor,
+                )),
                 target: Target::RatioAtLeast(1.0),
             },
         );
