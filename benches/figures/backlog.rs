@@ -97,6 +97,9 @@ fn backlog_len(backlog: &Setup) -> usize {
 pub struct Rest {
     pub peak_kib: u64,
     pub idle_rss_kib: u64,
+    /// Of `idle_rss_kib`: the process's own memory, and mapped files (its code and libraries').
+    pub idle_anon_kib: u64,
+    pub idle_file_kib: u64,
     pub idle_cpu: Duration,
 }
 
@@ -113,6 +116,8 @@ pub fn memory_and_idle(backlog: &Setup, receiver: &Receiver, idle: Duration) -> 
     Rest {
         peak_kib,
         idle_rss_kib: status_kib(pid, "VmRSS"),
+        idle_anon_kib: status_kib(pid, "RssAnon"),
+        idle_file_kib: status_kib(pid, "RssFile"),
         idle_cpu: cpu_time(pid) - cpu_before,
     }
 }

@@ -11,9 +11,14 @@ use crate::ingest::{CLIENTS, emit_concurrently, parked_sink, payload, sink};
 use crate::measure::rate;
 use crate::receiver::Receiver;
 
-/// Writes the config: the outbox with `durability`, and `sinks`.
+/// Writes the config: the outbox with `durability` and room for the largest backlog (the
+/// default limits, 256 MiB and 1,000,000 events, would drop the oldest of a million), and
+/// `sinks`.
 pub fn configure(setup: &Setup, durability: &str, sinks: &str) {
-    setup.write_config_with(&format!("durability = \"{durability}\"\n"), sinks);
+    setup.write_config_with(
+        &format!("durability = \"{durability}\"\nmax_bytes = \"2GiB\"\nmax_events = 10000000\n"),
+        sinks,
+    );
 }
 
 /// A stopped outbox with `n` events waiting for the sink `cloud`.

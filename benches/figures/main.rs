@@ -377,7 +377,12 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 &mut figures,
                 Figure {
                     name: "memory, at rest",
-                    how: format!("RSS after {} s with nothing to do", scale.idle.as_secs()),
+                    how: format!(
+                        "RSS after {} s with nothing to do: {:.2} MiB anonymous, {:.2} MiB mapped files (code of the binary and its libraries)",
+                        scale.idle.as_secs(),
+                        rest.idle_anon_kib as f64 / 1024.0,
+                        rest.idle_file_kib as f64 / 1024.0
+                    ),
                     unit: "MiB",
                     value: Spread::of(vec![rest.idle_rss_kib as f64 / 1024.0]),
                     anchor: None,

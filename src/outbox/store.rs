@@ -30,6 +30,10 @@ const REPORTS_TOGETHER: usize = 32;
 const REPORTS_WAIT: Duration = Duration::from_millis(2);
 const REPORTS_STEP: Duration = Duration::from_micros(500);
 
+/// How long the outbox must have been quiet (nothing but the daemon's timers asking) before
+/// it gives the memory of its busy spell back (`give_back`).
+const QUIET_BEFORE_GIVING_BACK: Duration = Duration::from_secs(5);
+
 /// Delivery reports kept in memory while the disk is full (about 100 bytes each).
 const UNRECORDED_KEEP: usize = 100_000;
 
@@ -81,6 +85,9 @@ pub(super) struct Store {
     last_probe: Instant,
     /// When delivery reports alone were last committed.
     last_reports: Option<Instant>,
+    /// When something other than the daemon's timers last came, if memory was not given back
+    /// since.
+    last_busy: Option<Instant>,
     /// The wall clock's jumps, added to stored times (`clock`), as of this batch.
     offset_ms: i64,
     /// The offset as the outbox keeps it.
@@ -177,6 +184,7 @@ impl Store {
             unrecorded: Vec::new(),
             last_probe: Instant::now(),
             last_reports: None,
+            last_busy: None,
             offset_ms: 0,
             saved_offset_ms: None,
         };
@@ -242,9 +250,21 @@ impl Store {
                 waited += REPORTS_STEP;
             }
             let only_reports = batch.iter().all(|c| matches!(c, Command::Report(_)));
+            let busy = batch
+                .iter()
+                .any(|c| !matches!(c, Command::Totals(_) | Command::Expire(..)));
             self.run_batch(&mut batch);
             if only_reports {
                 self.last_reports = Some(Instant::now());
+            }
+            if busy {
+                self.last_busy = Some(Instant::now());
+            } else if self
+                .last_busy
+                .is_some_and(|at| at.elapsed() >= QUIET_BEFORE_GIVING_BACK)
+            {
+                self.last_busy = None;
+                give_back(&self.conn);
             }
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
@@ -1045,6 +1065,20 @@ impl Store {
                 ])?;
         }
         Ok(())
+    }
+}
+
+/// Gives the memory of a busy spell back to the system once the outbox is quiet: SQLite's page
+/// cache, and the free memory glibc's allocator keeps in every thread's arena (it keeps it
+/// otherwise, and a device's RSS would stay at its busiest long after a drain). Called from the
+/// daemon's timers (`status` every 10 s), so it costs an idle daemon no wake-up of its own.
+fn give_back(conn: &Connection) {
+    let _ = conn.execute_batch("PRAGMA shrink_memory");
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer; it returns free pages of the allocator's arenas
+    // to the system and is safe to call from any thread at any time.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }
 

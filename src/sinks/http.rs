@@ -23,6 +23,13 @@ use crate::config::{SinkKind, SinkSpec};
 /// How much of a response body is read (and thrown away) so the connection can be reused.
 const BODY_LIMIT: u64 = 64 * 1024;
 
+/// The buffers of each connection: what is sent passes through the output one in pieces; the
+/// input one must be larger than the longest response head taken (a longer head is an error:
+/// "response header is too big").
+const OUTPUT_BUFFER: usize = 16 * 1024;
+const INPUT_BUFFER: usize = 64 * 1024;
+const LONGEST_HEAD: usize = 32 * 1024;
+
 /// How long a host's resolved addresses are used before they are looked up again.
 const RESOLVED_FOR: Duration = Duration::from_secs(10);
 
@@ -96,6 +103,11 @@ impl HttpSink {
             // Every worker keeps its connection between requests (ureq keeps 3 a host).
             .max_idle_connections_per_host(spec.max_in_flight.max(1))
             .max_idle_connections(spec.max_in_flight.max(10))
+            // A kept connection keeps its buffers (ureq's are 128 KiB each way). The output
+            // buffer only stages a body on its way out; the input one holds a response's head.
+            .output_buffer_size(OUTPUT_BUFFER)
+            .input_buffer_size(INPUT_BUFFER)
+            .max_response_header_size(LONGEST_HEAD)
             .build();
         warn_plain_http(&spec);
         Ok(HttpSink {
