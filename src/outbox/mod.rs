@@ -454,6 +454,17 @@ impl Outbox {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Delivery>, String> {
+        self.ask_fetch(sink, after, limit).await?.await
+    }
+
+    /// Asks for the next deliveries of `sink` after `after` and returns the answer to come,
+    /// so a sink can go on delivering what it holds while the outbox reads ahead.
+    pub async fn ask_fetch(
+        &self,
+        sink: SinkId,
+        after: i64,
+        limit: usize,
+    ) -> Result<impl Future<Output = Result<Vec<Delivery>, String>> + use<>, String> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Fetch {
@@ -464,8 +475,10 @@ impl Outbox {
             })
             .await
             .map_err(|_| "the outbox is closed".to_string())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the outbox is closed".into()))
+        Ok(async {
+            rx.await
+                .unwrap_or_else(|_| Err("the outbox is closed".into()))
+        })
     }
 
     /// Tells the outbox how a delivery went (from a sink's thread).

@@ -96,6 +96,9 @@ impl MqttSink {
         o.set_keep_alive(m.keep_alive.max(Duration::from_secs(5)));
         o.set_clean_start(true);
         o.set_connection_timeout(self.spec.timeout.as_secs().max(1));
+        let mut network = o.network_options();
+        network.set_tcp_nodelay(true);
+        o.set_network_options(network);
         if let Some(user) = &m.username {
             o.set_credentials(user.clone(), m.password.clone().unwrap_or_default());
         }
@@ -255,6 +258,11 @@ impl MqttSink {
     }
 }
 
+/// How many deliveries one read of the queue brings.
+const FETCH: usize = 256;
+/// The next read is asked for when fewer than this many are waiting to be published.
+const READ_AHEAD: usize = 128;
+
 /// What the n-th `Outgoing::Publish` belongs to.
 enum Expect {
     Presence,
@@ -392,6 +400,10 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
     let mut queued: VecDeque<Delivery> = VecDeque::new();
     let mut cursor = 0i64;
     let mut exhausted = false;
+    // The answer to a fetch asked ahead, and the queue's generation when it was asked (so
+    // that work arriving after an empty answer is not missed).
+    let mut asked = None;
+    let mut work_seen = s.work.generation();
     let mut hold_until: Option<tokio::time::Instant> = None;
     let mut failures_in_row = 0u32;
     let mut rng = rand::rng();
@@ -415,23 +427,18 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
         if s.stopping.load(Ordering::SeqCst) {
             return End::Stop;
         }
-        let work_seen = s.work.generation();
         let control_seen = s.control.generation();
         let held = hold_until.is_some_and(|t| t > tokio::time::Instant::now());
+        // Read ahead while the window still has work, so it never waits for the outbox.
+        if asked.is_none() && !exhausted && queued.len() < READ_AHEAD {
+            work_seen = s.work.generation();
+            match s.outbox.ask_fetch(s.id, cursor, FETCH).await {
+                Ok(answer) => asked = Some(Box::pin(answer)),
+                Err(e) => return End::Lost(format!("cannot read the queue: {e}")),
+            }
+        }
         // Fill the window, in outbox order.
         while !held && in_flight.len() < spec.max_in_flight {
-            if queued.is_empty() && !exhausted {
-                match s.outbox.fetch(s.id, cursor, 256).await {
-                    Ok(batch) => {
-                        exhausted = batch.is_empty();
-                        if let Some(last) = batch.last() {
-                            cursor = last.seq;
-                        }
-                        queued.extend(batch);
-                    }
-                    Err(e) => return End::Lost(format!("cannot read the queue: {e}")),
-                }
-            }
             let Some(d) = queued.pop_front() else { break };
             if s.max_age_ms > 0 && clock::age_now_ms() - d.created_ms > s.max_age_ms {
                 let report = Report::Dead {
@@ -465,7 +472,21 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
         }
         let event = tokio::select! {
             e = events.poll() => e,
-            _ = s.work.changed(work_seen), if in_flight.len() < spec.max_in_flight && queued.is_empty() => {
+            answer = async { asked.as_mut().expect("a fetch was asked").await }, if asked.is_some() => {
+                asked = None;
+                match answer {
+                    Ok(batch) => {
+                        exhausted = batch.is_empty();
+                        if let Some(last) = batch.last() {
+                            cursor = last.seq;
+                        }
+                        queued.extend(batch);
+                    }
+                    Err(e) => return End::Lost(format!("cannot read the queue: {e}")),
+                }
+                continue;
+            }
+            _ = s.work.changed(work_seen), if exhausted && asked.is_none() => {
                 exhausted = false;
                 continue;
             }
