@@ -190,18 +190,40 @@ fn main() {
     let work = tempfile::tempdir().expect("a work directory");
     let machine = measure::machine(work.path());
     eprintln!("machine: {machine}");
-    let figures = figures(&scale, &only, work.path());
+    let mut figures = figures(&scale, &only, work.path());
+    let last = last_full_run();
+    let bound = |f: &Figure| {
+        if scale.guard {
+            f.guard_bound(last.get(f.name).copied())
+        } else {
+            f.target()
+        }
+    };
+    if scale.guard {
+        // A figure under its bound is measured once more before the guard fails: the anchors
+        // swing by half from run to run on a shared machine (oha -c 8: 39,000-75,000), and a
+        // change that really halves a figure misses twice.
+        let mut groups: Vec<String> = figures
+            .iter()
+            .filter(|f| !f.meets(bound(f)))
+            .map(|f| group_of(f.name).to_string())
+            .collect();
+        groups.dedup();
+        if !groups.is_empty() {
+            step(&format!("measuring again: {}", groups.join(", ")));
+            for again in self::figures(&scale, &Only(groups), work.path()) {
+                if let Some(f) = figures.iter_mut().find(|f| f.name == again.name) {
+                    *f = again;
+                }
+            }
+        }
+    }
 
     print_table(&figures);
-    let last = last_full_run();
     let missed: Vec<String> = figures
         .iter()
         .filter_map(|f| {
-            let bound = if scale.guard {
-                f.guard_bound(last.get(f.name).copied())
-            } else {
-                f.target()
-            };
+            let bound = bound(f);
             (!f.meets(bound)).then(|| {
                 format!(
                     "{} ({} against {})",
@@ -236,6 +258,17 @@ fn main() {
         if scale.guard {
             std::process::exit(1);
         }
+    }
+}
+
+/// The group of `--only` that measures the figure `name`.
+fn group_of(name: &str) -> &'static str {
+    match name {
+        "durable ingest" => "ingest",
+        "HTTP drain, ordered" | "HTTP drain, concurrent" => "http",
+        "MQTT drain" => "mqtt",
+        "flash wear" => "flash",
+        _ => "backlog",
     }
 }
 
