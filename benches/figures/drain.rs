@@ -53,10 +53,18 @@ pub fn copy_of(from: &Setup) -> Setup {
 
 /// Events waiting in the outbox, over all sinks.
 pub fn pending(db: &Path) -> i64 {
-    let conn = edgehook::outbox::open_ro(db)
+    pending_in(&open(db))
+}
+
+fn open(db: &Path) -> rusqlite::Connection {
+    edgehook::outbox::open_ro(db)
         .expect("the outbox opens")
-        .expect("the outbox exists");
-    let report = edgehook::outbox::read_report(&conn).expect("a report");
+        .expect("the outbox exists")
+}
+
+/// Events waiting in the outbox open on `conn`, over all sinks.
+fn pending_in(conn: &rusqlite::Connection) -> i64 {
+    let report = edgehook::outbox::read_report(conn).expect("a report");
     report.sinks.iter().map(|s| s.pending).sum()
 }
 
@@ -164,14 +172,8 @@ pub fn mqtt(backlog: &Setup, broker: &Broker, n: usize) -> f64 {
     // through one connection: opening the outbox each time would take a tenth of a core
     // from the daemon and the broker.
     let deadline = started + limit(n);
-    let conn = edgehook::outbox::open_ro(&setup.db())
-        .expect("the outbox opens")
-        .expect("the outbox exists");
-    let left = || -> i64 {
-        let report = edgehook::outbox::read_report(&conn).expect("a report");
-        report.sinks.iter().map(|s| s.pending).sum()
-    };
-    while left() > 0 {
+    let conn = open(&setup.db());
+    while pending_in(&conn) > 0 {
         assert!(Instant::now() < deadline, "the MQTT drain is stuck");
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -447,18 +447,9 @@ impl Outbox {
             .unwrap_or_else(|_| Err("the outbox is closed".into()))
     }
 
-    /// The next deliveries of `sink` after `after`, in outbox order (from async code).
-    pub async fn fetch(
-        &self,
-        sink: SinkId,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<Delivery>, String> {
-        self.ask_fetch(sink, after, limit).await?.await
-    }
-
-    /// Asks for the next deliveries of `sink` after `after` and returns the answer to come,
-    /// so a sink can go on delivering what it holds while the outbox reads ahead.
+    /// Asks for the next deliveries of `sink` after `after`, in outbox order (from async code),
+    /// and returns the answer to come, so a sink can go on delivering what it holds while the
+    /// outbox reads ahead.
     pub async fn ask_fetch(
         &self,
         sink: SinkId,

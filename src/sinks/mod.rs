@@ -22,7 +22,7 @@ use crate::config::{SinkKind, SinkSpec};
 use crate::outbox::{Delivery, Measured, Outbox, Report, SinkId, SinkState, clock, now_ms};
 use crate::wake::Wake;
 
-/// How many deliveries the feeder reads at once.
+/// How many deliveries a sink reads from its queue at once (the HTTP feeder, the MQTT session).
 const FETCH: usize = 256;
 /// How long an idle feeder sleeps before looking again on its own.
 const IDLE: Duration = Duration::from_secs(3600);

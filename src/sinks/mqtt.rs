@@ -24,7 +24,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 
-use super::{Shared, SinkError, backoff};
+use super::{FETCH, Shared, SinkError, backoff};
 use crate::config::{MqttSpec, SinkKind, SinkSpec};
 use crate::outbox::{Delivery, Measured, Report, SinkState, clock, now_ms};
 
@@ -258,10 +258,9 @@ impl MqttSink {
     }
 }
 
-/// How many deliveries one read of the queue brings.
-const FETCH: usize = 256;
-/// The next read is asked for when fewer than this many are waiting to be published.
-const READ_AHEAD: usize = 128;
+/// The next read of the queue (`FETCH` deliveries, as for HTTP) is asked for when fewer than
+/// this many are waiting to be published.
+const READ_AHEAD: usize = FETCH / 2;
 
 /// What the n-th `Outgoing::Publish` belongs to.
 enum Expect {
