@@ -38,6 +38,8 @@ enum Target {
 
 struct Figure {
     name: &'static str,
+    /// The group of `--only` that measures it.
+    group: &'static str,
     how: String,
     unit: &'static str,
     value: Spread,
@@ -206,8 +208,9 @@ fn main() {
         let mut groups: Vec<String> = figures
             .iter()
             .filter(|f| !f.meets(bound(f)))
-            .map(|f| group_of(f.name).to_string())
+            .map(|f| f.group.to_string())
             .collect();
+        groups.sort();
         groups.dedup();
         if !groups.is_empty() {
             step(&format!("measuring again: {}", groups.join(", ")));
@@ -258,17 +261,6 @@ fn main() {
         if scale.guard {
             std::process::exit(1);
         }
-    }
-}
-
-/// The group of `--only` that measures the figure `name`.
-fn group_of(name: &str) -> &'static str {
-    match name {
-        "durable ingest" => "ingest",
-        "HTTP drain, ordered" | "HTTP drain, concurrent" => "http",
-        "MQTT drain" => "mqtt",
-        "flash wear" => "flash",
-        _ => "backlog",
     }
 }
 
@@ -335,6 +327,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "durable ingest",
+                group: "ingest",
                 how: format!("{n} events, 8 clients pipelining emit, durability = full"),
                 unit: "events/s",
                 value,
@@ -359,6 +352,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 &mut figures,
                 Figure {
                     name,
+                    group: "http",
                     how: format!(
                         "backlog of {n} to a minimal loopback receiver, max_in_flight = {connections}, standard signing"
                     ),
@@ -384,6 +378,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "MQTT drain",
+                group: "mqtt",
                 how: format!(
                     "backlog of {n} through Mosquitto, QoS 1, max_in_flight = {}",
                     drain::MQTT_WINDOW
@@ -408,6 +403,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "flash wear",
+                group: "flash",
                 how: format!(
                     "bytes written to storage per event, ingest to delete, {n} events, 8 clients, durability = full"
                 ),
@@ -432,6 +428,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "backlog scaling",
+                group: "backlog",
                 how: format!(
                     "ordered HTTP drain rate with {big} pending (over {window} deliveries) vs 1,000 pending"
                 ),
@@ -447,6 +444,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "start-up",
+                group: "backlog",
                 how: format!("exec to READY=1 with {big} pending"),
                 unit: "s",
                 value: Spread::of(starts),
@@ -458,6 +456,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "status",
+                group: "backlog",
                 how: format!("`edgehook status --json` with {big} pending, daemon running"),
                 unit: "s",
                 value: Spread::of(statuses),
@@ -475,6 +474,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "memory, peak",
+                group: "backlog",
                 how: format!("peak RSS (VmHWM) draining {big}, max_in_flight = 8"),
                 unit: "MiB",
                 value: Spread::of(vec![rest.peak_kib as f64 / 1024.0]),
@@ -487,6 +487,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 &mut figures,
                 Figure {
                     name: "memory, at rest",
+                    group: "backlog",
                     how: format!(
                         "RSS after {} s with nothing to do: {:.2} MiB anonymous, {:.2} MiB mapped files (code of the binary and its libraries)",
                         scale.idle.as_secs(),
@@ -503,6 +504,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 &mut figures,
                 Figure {
                     name: "idle CPU",
+                    group: "backlog",
                     how: format!(
                         "CPU time over {} s with nothing to do",
                         scale.idle.as_secs()
@@ -537,6 +539,7 @@ fn size() -> Figure {
         .len();
     Figure {
         name: "size",
+        group: "size",
         how: "stripped release binary, aarch64".into(),
         unit: "MiB",
         value: Spread::of(vec![bytes as f64 / (1024.0 * 1024.0)]),
