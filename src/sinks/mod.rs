@@ -1,7 +1,8 @@
 //! Sinks: each configured destination runs on threads of its own (blocking I/O never touches
 //! the async runtime). A feeder thread reads the sink's queue from the outbox in order and hands
-//! deliveries to `max_in_flight` workers; each worker sees one delivery through to delivered,
-//! dead letter, or shutdown. With one worker the sink delivers strictly in outbox order.
+//! deliveries to `max_in_flight` workers through a read-ahead (`ReadAhead`); each worker sees
+//! one delivery through to delivered, dead letter, or shutdown. With one worker the sink
+//! delivers strictly in outbox order.
 
 pub mod backoff;
 pub mod format;
@@ -11,10 +12,10 @@ pub mod mqtt;
 pub mod signing;
 pub mod tls;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ use crate::wake::Wake;
 
 /// How many deliveries a sink reads from its queue at once (the HTTP feeder, the MQTT session).
 const FETCH: usize = 256;
+/// A sink reads its next deliveries once no more than this many wait to be sent (the HTTP
+/// feeder) or fewer than this many to be published (the MQTT session).
+const READ_AHEAD_LOW: usize = FETCH / 2;
 /// How long an idle feeder sleeps before looking again on its own.
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -117,6 +121,88 @@ struct Shared {
     control: Wake,
     stopping: AtomicBool,
     gone: AtomicBool,
+    /// The HTTP feeder's deliveries, waiting for a worker.
+    ahead: ReadAhead,
+}
+
+/// The deliveries an HTTP feeder has read ahead, in outbox order, for the sink's workers to
+/// take one at a time. The feeder tops it up only once it runs low (`READ_AHEAD_LOW`), so it
+/// wakes once a fetch rather than once a delivery (a channel bounded by the number of workers
+/// woke it for every delivery a worker took: a thread switch a delivery on a 2-core device).
+#[derive(Default)]
+struct ReadAhead {
+    state: Mutex<Ahead>,
+    /// Raised for workers: deliveries arrived, or the sink stops.
+    filled: Condvar,
+    /// Raised for the feeder: the read-ahead ran low, or the sink stops.
+    low: Condvar,
+}
+
+#[derive(Default)]
+struct Ahead {
+    queue: VecDeque<Delivery>,
+    /// The feeder waits on `low`.
+    feeder_waits: bool,
+    /// Workers waiting on `filled`.
+    workers_wait: usize,
+    /// The sink stops: workers take nothing more, the feeder reads nothing more.
+    closed: bool,
+}
+
+impl ReadAhead {
+    fn lock(&self) -> MutexGuard<'_, Ahead> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the read-ahead is low; false once the sink stops.
+    fn wait_low(&self) -> bool {
+        let mut a = self.lock();
+        while !a.closed && a.queue.len() > READ_AHEAD_LOW {
+            a.feeder_waits = true;
+            a = self.low.wait(a).unwrap_or_else(|p| p.into_inner());
+        }
+        a.feeder_waits = false;
+        !a.closed
+    }
+
+    fn extend(&self, batch: Vec<Delivery>) {
+        let mut a = self.lock();
+        a.queue.extend(batch);
+        if a.workers_wait > 0 {
+            self.filled.notify_all();
+        }
+    }
+
+    /// The next delivery, waiting for one; `None` once the sink stops.
+    fn take(&self) -> Option<Delivery> {
+        let mut a = self.lock();
+        loop {
+            if a.closed {
+                return None;
+            }
+            if let Some(d) = a.queue.pop_front() {
+                if a.feeder_waits && a.queue.len() <= READ_AHEAD_LOW {
+                    a.feeder_waits = false;
+                    self.low.notify_one();
+                }
+                return Some(d);
+            }
+            a.workers_wait += 1;
+            a = self.filled.wait(a).unwrap_or_else(|p| p.into_inner());
+            a.workers_wait -= 1;
+        }
+    }
+
+    /// Wakes the feeder and every worker for good; what was read ahead is dropped (it stays in
+    /// the outbox and is read again when the sink starts).
+    fn close(&self) {
+        let mut a = self.lock();
+        a.closed = true;
+        a.queue.clear();
+        drop(a);
+        self.filled.notify_all();
+        self.low.notify_all();
+    }
 }
 
 /// A running sink.
@@ -148,6 +234,7 @@ impl SinkRunner {
             control: Wake::new(),
             stopping: AtomicBool::new(false),
             gone: AtomicBool::new(false),
+            ahead: ReadAhead::default(),
         });
         shared.outbox.report_blocking(Report::State {
             sink: id,
@@ -165,13 +252,11 @@ impl SinkRunner {
             }));
             return Ok(SinkRunner { shared, threads });
         }
-        let (tx, rx) = sync_channel::<Delivery>(workers);
-        let rx = Arc::new(Mutex::new(rx));
         let s = shared.clone();
-        threads.push(spawn(&name, "feed", move || feed(&s, tx)));
+        threads.push(spawn(&name, "feed", move || feed(&s)));
         for _ in 0..workers {
-            let (s, rx) = (shared.clone(), rx.clone());
-            threads.push(spawn(&name, "send", move || send_loop(&s, &rx)));
+            let s = shared.clone();
+            threads.push(spawn(&name, "send", move || send_loop(&s)));
         }
         Ok(SinkRunner { shared, threads })
     }
@@ -184,6 +269,7 @@ impl SinkRunner {
     /// Asks every thread to stop after its current attempt.
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.ahead.close();
         self.shared.control.raise();
         self.shared.work.raise();
     }
@@ -247,9 +333,9 @@ fn spawn(sink: &str, role: &str, f: impl FnOnce() + Send + 'static) -> JoinHandl
         .expect("the system cannot start a thread")
 }
 
-fn feed(s: &Shared, tx: SyncSender<Delivery>) {
+fn feed(s: &Shared) {
     let mut cursor = 0i64;
-    while !s.stopping.load(Ordering::SeqCst) {
+    while !s.stopping.load(Ordering::SeqCst) && s.ahead.wait_low() {
         let seen = s.work.generation();
         let control = s.control.generation();
         match s.outbox.fetch_blocking(s.id, cursor, FETCH) {
@@ -257,12 +343,8 @@ fn feed(s: &Shared, tx: SyncSender<Delivery>) {
                 s.work.wait(seen, IDLE);
             }
             Ok(batch) => {
-                for d in batch {
-                    cursor = d.seq;
-                    if tx.send(d).is_err() {
-                        return;
-                    }
-                }
+                cursor = batch.last().map_or(cursor, |d| d.seq);
+                s.ahead.extend(batch);
             }
             Err(e) => {
                 log::warn!(sink = s.spec.name.as_str(); "Sink {} cannot read its queue: {e}", s.spec.name);
@@ -272,13 +354,8 @@ fn feed(s: &Shared, tx: SyncSender<Delivery>) {
     }
 }
 
-fn send_loop(s: &Shared, rx: &Mutex<Receiver<Delivery>>) {
-    loop {
-        if s.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok(d) = next else { return };
+fn send_loop(s: &Shared) {
+    while let Some(d) = s.ahead.take() {
         deliver(s, d);
     }
 }
@@ -407,5 +484,86 @@ fn deliver(s: &Shared, d: Delivery) {
             }
         };
         s.control.wait(seen, wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(seq: i64) -> Delivery {
+        Delivery {
+            seq,
+            id: seq.to_string(),
+            event_type: "test".into(),
+            body: Arc::from(&b"{}"[..]),
+            created_ms: 0,
+            attempts: 0,
+        }
+    }
+
+    /// Polls `done` until it holds, failing after a minute.
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_read_ahead_hands_out_in_order_and_wakes_the_feeder_only_once_it_runs_low() {
+        let ahead = Arc::new(ReadAhead::default());
+        ahead.extend((1..=FETCH as i64).map(delivery).collect());
+        let woke = Arc::new(AtomicBool::new(false));
+        let feeder = {
+            let (ahead, woke) = (ahead.clone(), woke.clone());
+            std::thread::spawn(move || {
+                let open = ahead.wait_low();
+                woke.store(true, Ordering::SeqCst);
+                open
+            })
+        };
+        wait_for("the feeder to wait", || ahead.lock().feeder_waits);
+        let mut seqs = Vec::new();
+        while ahead.lock().queue.len() > READ_AHEAD_LOW + 1 {
+            seqs.push(ahead.take().unwrap().seq);
+        }
+        // One more than the low mark waits: the feeder is still asleep, and nobody woke it.
+        assert!(ahead.lock().feeder_waits);
+        assert!(!woke.load(Ordering::SeqCst));
+        seqs.push(ahead.take().unwrap().seq);
+        wait_for("the feeder to wake", || feeder.is_finished());
+        assert!(feeder.join().unwrap(), "the feeder goes on reading");
+        while let Some(d) = ahead.lock().queue.pop_front() {
+            seqs.push(d.seq);
+        }
+        assert_eq!(seqs, (1..=FETCH as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn closing_the_read_ahead_wakes_the_workers_and_the_feeder_and_drops_what_it_held() {
+        let ahead = Arc::new(ReadAhead::default());
+        let worker = {
+            let ahead = ahead.clone();
+            std::thread::spawn(move || ahead.take().map(|d| d.seq))
+        };
+        wait_for("the worker to wait", || ahead.lock().workers_wait == 1);
+        ahead.close();
+        wait_for("the worker to wake", || worker.is_finished());
+        assert_eq!(worker.join().unwrap(), None);
+
+        let ahead = Arc::new(ReadAhead::default());
+        ahead.extend((1..=FETCH as i64).map(delivery).collect());
+        let feeder = {
+            let ahead = ahead.clone();
+            std::thread::spawn(move || ahead.wait_low())
+        };
+        wait_for("the feeder to wait", || ahead.lock().feeder_waits);
+        ahead.close();
+        wait_for("the feeder to wake", || feeder.is_finished());
+        assert!(!feeder.join().unwrap(), "the feeder stops");
+        assert!(ahead.lock().queue.is_empty());
+        assert!(ahead.take().is_none());
     }
 }

@@ -24,7 +24,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
 
-use super::{FETCH, Shared, SinkError, backoff};
+use super::{FETCH, READ_AHEAD_LOW, Shared, SinkError, backoff};
 use crate::config::{MqttSpec, SinkKind, SinkSpec};
 use crate::outbox::{Delivery, Measured, Report, SinkState, clock, now_ms};
 
@@ -258,10 +258,6 @@ impl MqttSink {
     }
 }
 
-/// The next read of the queue (`FETCH` deliveries, as for HTTP) is asked for when fewer than
-/// this many are waiting to be published.
-const READ_AHEAD: usize = FETCH / 2;
-
 /// What the n-th `Outgoing::Publish` belongs to.
 enum Expect {
     Presence,
@@ -429,7 +425,7 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
         let control_seen = s.control.generation();
         let held = hold_until.is_some_and(|t| t > tokio::time::Instant::now());
         // Read ahead while the window still has work, so it never waits for the outbox.
-        if asked.is_none() && !exhausted && queued.len() < READ_AHEAD {
+        if asked.is_none() && !exhausted && queued.len() < READ_AHEAD_LOW {
             work_seen = s.work.generation();
             match s.outbox.ask_fetch(s.id, cursor, FETCH).await {
                 Ok(answer) => asked = Some(Box::pin(answer)),
