@@ -126,8 +126,9 @@ fn short(v: f64) -> String {
 struct Only(Vec<String>);
 
 impl Only {
-    fn wants(&self, group: &str) -> bool {
-        self.0.is_empty() || self.0.iter().any(|g| g == group)
+    /// `group` when it is to be measured; the figures of the block it opens carry it.
+    fn group(&self, group: &'static str) -> Option<&'static str> {
+        (self.0.is_empty() || self.0.iter().any(|g| g == group)).then_some(group)
     }
 }
 
@@ -314,7 +315,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
     let runs = scale.runs;
     let mut figures = Vec::new();
 
-    if only.wants("ingest") {
+    if let Some(group) = only.group("ingest") {
         step("durable ingest");
         let mut batch = 0;
         let anchor = repeat(0, runs, || {
@@ -327,7 +328,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "durable ingest",
-                group: "ingest",
+                group,
                 how: format!("{n} events, 8 clients pipelining emit, durability = full"),
                 unit: "events/s",
                 value,
@@ -342,7 +343,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
         );
     }
     let receiver = receiver::Receiver::start();
-    if only.wants("http") {
+    if let Some(group) = only.group("http") {
         step("HTTP drains");
         let backlog = drain::backlog(n);
         for (connections, name) in [(1, "HTTP drain, ordered"), (8, "HTTP drain, concurrent")] {
@@ -352,7 +353,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 &mut figures,
                 Figure {
                     name,
-                    group: "http",
+                    group,
                     how: format!(
                         "backlog of {n} to a minimal loopback receiver, max_in_flight = {connections}, standard signing"
                     ),
@@ -367,7 +368,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             );
         }
     }
-    if only.wants("mqtt") {
+    if let Some(group) = only.group("mqtt") {
         step("MQTT drain");
         let backlog = drain::backlog(n);
         // Without per-message logging, as a device's broker would run.
@@ -378,7 +379,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "MQTT drain",
-                group: "mqtt",
+                group,
                 how: format!(
                     "backlog of {n} through Mosquitto, QoS 1, max_in_flight = {}",
                     drain::MQTT_WINDOW
@@ -396,14 +397,14 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             },
         );
     }
-    if only.wants("flash") {
+    if let Some(group) = only.group("flash") {
         step("flash wear");
         let value = repeat(0, runs, || backlog::flash_wear(&receiver, n));
         add(
             &mut figures,
             Figure {
                 name: "flash wear",
-                group: "flash",
+                group,
                 how: format!(
                     "bytes written to storage per event, ingest to delete, {n} events, 8 clients, durability = full"
                 ),
@@ -414,7 +415,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             },
         );
     }
-    if only.wants("backlog") {
+    if let Some(group) = only.group("backlog") {
         let big = scale.backlog;
         step(&format!("a backlog of {big}"));
         let large = drain::backlog(big);
@@ -428,7 +429,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "backlog scaling",
-                group: "backlog",
+                group,
                 how: format!(
                     "ordered HTTP drain rate with {big} pending (over {window} deliveries) vs 1,000 pending"
                 ),
@@ -444,7 +445,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "start-up",
-                group: "backlog",
+                group,
                 how: format!("exec to READY=1 with {big} pending"),
                 unit: "s",
                 value: Spread::of(starts),
@@ -456,7 +457,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "status",
-                group: "backlog",
+                group,
                 how: format!("`edgehook status --json` with {big} pending, daemon running"),
                 unit: "s",
                 value: Spread::of(statuses),
@@ -474,7 +475,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             &mut figures,
             Figure {
                 name: "memory, peak",
-                group: "backlog",
+                group,
                 how: format!("peak RSS (VmHWM) draining {big}, max_in_flight = 8"),
                 unit: "MiB",
                 value: Spread::of(vec![rest.peak_kib as f64 / 1024.0]),
@@ -487,7 +488,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 &mut figures,
                 Figure {
                     name: "memory, at rest",
-                    group: "backlog",
+                    group,
                     how: format!(
                         "RSS after {} s with nothing to do: {:.2} MiB anonymous, {:.2} MiB mapped files (code of the binary and its libraries)",
                         scale.idle.as_secs(),
@@ -504,7 +505,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 &mut figures,
                 Figure {
                     name: "idle CPU",
-                    group: "backlog",
+                    group,
                     how: format!(
                         "CPU time over {} s with nothing to do",
                         scale.idle.as_secs()
