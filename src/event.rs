@@ -177,12 +177,20 @@ pub fn build_value(
 /// Removes white space outside strings from valid JSON text.
 ///
 /// serde_json's `RawValue` keeps text as given, and a round trip through `Value` would
-/// reorder keys and round numbers; this keeps every token exactly.
+/// reorder keys and round numbers; this keeps every token exactly. It copies the runs between
+/// the white space it drops (text without any, as most applications send, in one copy).
 pub fn compact(json: &str) -> String {
-    tokens(json)
-        .filter(|&(c, in_string)| in_string || !c.is_ascii_whitespace())
-        .map(|(c, _)| c)
-        .collect()
+    let mut out = String::with_capacity(json.len());
+    let mut kept_from = 0;
+    for (i, b, in_string) in tokens(json) {
+        if !in_string && b.is_ascii_whitespace() {
+            // White space is ASCII, so `i` is a character boundary.
+            out.push_str(&json[kept_from..i]);
+            kept_from = i + 1;
+        }
+    }
+    out.push_str(&json[kept_from..]);
+    out
 }
 
 /// How deeply an application's `data` may nest arrays and objects. Receivers parse the whole
@@ -193,39 +201,41 @@ pub const MAX_DATA_DEPTH: usize = 64;
 /// Checks that valid JSON text nests at most `MAX_DATA_DEPTH` levels.
 pub fn check_depth(json: &str) -> Result<(), EventError> {
     let mut depth = 0usize;
-    for (c, in_string) in tokens(json) {
-        match c {
+    for (_, b, in_string) in tokens(json) {
+        match b {
             _ if in_string => {}
-            '[' | '{' => {
+            b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_DATA_DEPTH {
                     return Err(EventError::TooDeep);
                 }
             }
-            ']' | '}' => depth = depth.saturating_sub(1),
+            b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
     Ok(())
 }
 
-/// Each character of valid JSON text, with whether it belongs to a string (quotes included).
-fn tokens(json: &str) -> impl Iterator<Item = (char, bool)> + '_ {
+/// Each byte of valid JSON text with its offset and whether it belongs to a string (quotes
+/// included). Bytes, not characters: everything outside strings is ASCII, and a byte of a
+/// multi-byte character is never a quote or a backslash.
+fn tokens(json: &str) -> impl Iterator<Item = (usize, u8, bool)> + '_ {
     let mut in_string = false;
     let mut escaped = false;
-    json.chars().map(move |c| {
+    json.bytes().enumerate().map(move |(i, b)| {
         if !in_string {
-            in_string = c == '"';
-            return (c, in_string);
+            in_string = b == b'"';
+            return (i, b, in_string);
         }
         if escaped {
             escaped = false;
-        } else if c == '\\' {
+        } else if b == b'\\' {
             escaped = true;
-        } else if c == '"' {
+        } else if b == b'"' {
             in_string = false;
         }
-        (c, true)
+        (i, b, true)
     })
 }
 
@@ -278,6 +288,14 @@ mod tests {
     fn compaction_keeps_strings_numbers_and_key_order_exactly() {
         let given = "{ \"b\" : \"a  \\\" b\",\n \"a\": [1.10, 2e5 , -0] }";
         assert_eq!(compact(given), "{\"b\":\"a  \\\" b\",\"a\":[1.10,2e5,-0]}");
+        // Characters of several bytes, in keys and values, next to white space that goes and
+        // white space that stays; an escaped backslash before a closing quote.
+        let given = "{ \"clé\" :\t\"ü 日本 \\\\\" ,\r\n \"€\" : [ \"a\" , \"😀 \" ] }";
+        assert_eq!(
+            compact(given),
+            "{\"clé\":\"ü 日本 \\\\\",\"€\":[\"a\",\"😀 \"]}"
+        );
+        assert_eq!(compact("[1,2]"), "[1,2]");
     }
 
     #[test]
