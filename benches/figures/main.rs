@@ -329,7 +329,10 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
             Figure {
                 name: "durable ingest",
                 group,
-                how: format!("{n} events, 8 clients pipelining emit, durability = full"),
+                how: format!(
+                    "{n} events, 8 clients pipelining emit ({} in flight each), durability = full",
+                    ingest::WINDOW
+                ),
                 unit: "events/s",
                 value,
                 anchor: Some((

@@ -23,8 +23,9 @@ use super::control::{self, Answer, Op};
 use crate::event;
 use crate::outbox::{AppendError, Appended, Outbox};
 
-/// Replies queued per connection before the connection stops reading.
-const PIPELINE: usize = 256;
+/// Replies queued per connection before the connection stops reading: how many requests a
+/// pipelining client can usefully keep in flight.
+pub const PIPELINE: usize = 256;
 
 /// How long the start of a request line may wait for its newline. A client that stalls
 /// mid-line holds up to `max_event_bytes` of buffer and a connection slot; an idle connection
