@@ -3,11 +3,11 @@
 //! written to storage per event.
 
 use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::common::{Setup, edgehook, run, wait_until};
 use crate::drain::{
