@@ -26,7 +26,7 @@ use crate::wake::Wake;
 /// How many deliveries a sink reads from its queue at once (the HTTP feeder, the MQTT session).
 const FETCH: usize = 256;
 /// A sink reads its next deliveries once no more than this many wait to be sent (the HTTP
-/// feeder) or fewer than this many to be published (the MQTT session).
+/// feeder) or published (the MQTT session).
 const READ_AHEAD_LOW: usize = FETCH / 2;
 /// How long an idle feeder sleeps before looking again on its own.
 const IDLE: Duration = Duration::from_secs(3600);
@@ -335,7 +335,8 @@ fn spawn(sink: &str, role: &str, f: impl FnOnce() + Send + 'static) -> JoinHandl
 
 fn feed(s: &Shared) {
     let mut cursor = 0i64;
-    while !s.stopping.load(Ordering::SeqCst) && s.ahead.wait_low() {
+    // `stop` closes the read-ahead, which ends this loop.
+    while s.ahead.wait_low() {
         let seen = s.work.generation();
         let control = s.control.generation();
         match s.outbox.fetch_blocking(s.id, cursor, FETCH) {

@@ -425,7 +425,7 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
         let control_seen = s.control.generation();
         let held = hold_until.is_some_and(|t| t > tokio::time::Instant::now());
         // Read ahead while the window still has work, so it never waits for the outbox.
-        if asked.is_none() && !exhausted && queued.len() < READ_AHEAD_LOW {
+        if asked.is_none() && !exhausted && queued.len() <= READ_AHEAD_LOW {
             work_seen = s.work.generation();
             match s.outbox.ask_fetch(s.id, cursor, FETCH).await {
                 Ok(answer) => asked = Some(Box::pin(answer)),
