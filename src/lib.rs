@@ -17,6 +17,8 @@
 //! - [`client`]: the blocking socket client used by commands that talk to the daemon.
 //! - [`receiver`]: the verifying webhook receiver behind `edgehook receive` and `edgehook demo`.
 //! - [`cli`]: the command line, one file per command, and the exit codes.
+//! - [`memory`]: what the daemon gives back to the system at rest (free heap, its hold on the
+//!   pages of code it ran).
 //! - [`wake`]: the wake-up flag sink threads sleep on.
 
 pub mod cli;
@@ -24,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod memory;
 pub mod outbox;
 pub mod receiver;
 pub mod sinks;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 
-use crate::common::{Setup, edgehook, run, wait_until};
+use crate::common::{Setup, edgehook, emit_one, run, wait_until};
 use crate::drain::{
     arrival_rate, configure, copy_of, limit, pending, start_draining, wait_drained,
 };
@@ -129,6 +129,10 @@ pub struct Rest {
     pub idle_anon_kib: u64,
     pub idle_file_kib: u64,
     pub idle_cpu: Duration,
+    /// From `emit` of one event to its arrival at the receiver: the first after the time at
+    /// rest (the daemon maps the code it runs again), and the next one.
+    pub first_after_rest: Duration,
+    pub next: Duration,
 }
 
 pub fn memory_and_idle(backlog: &Setup, receiver: &Receiver, idle: Duration) -> Rest {
@@ -141,13 +145,37 @@ pub fn memory_and_idle(backlog: &Setup, receiver: &Receiver, idle: Duration) -> 
     std::thread::sleep(Duration::from_secs(1));
     let cpu_before = cpu_time(pid);
     std::thread::sleep(idle);
+    let idle_cpu = cpu_time(pid) - cpu_before;
+    let (idle_rss_kib, idle_anon_kib, idle_file_kib) = (
+        status_kib(pid, "VmRSS"),
+        status_kib(pid, "RssAnon"),
+        status_kib(pid, "RssFile"),
+    );
     Rest {
         peak_kib,
-        idle_rss_kib: status_kib(pid, "VmRSS"),
-        idle_anon_kib: status_kib(pid, "RssAnon"),
-        idle_file_kib: status_kib(pid, "RssFile"),
-        idle_cpu: cpu_time(pid) - cpu_before,
+        idle_rss_kib,
+        idle_anon_kib,
+        idle_file_kib,
+        idle_cpu,
+        first_after_rest: emit_to_arrival(&setup, receiver),
+        next: emit_to_arrival(&setup, receiver),
     }
+}
+
+/// From `emit` of one event on the socket to its arrival at the receiver (which notes the time
+/// each request arrives).
+fn emit_to_arrival(setup: &Setup, receiver: &Receiver) -> Duration {
+    receiver.reset();
+    let started = Instant::now();
+    emit_one(
+        &setup.socket(),
+        "bench.reading",
+        serde_json::json!({"n": 1}),
+    );
+    wait_until(Duration::from_secs(10), "the event to arrive", || {
+        receiver.count() > 0
+    });
+    receiver.arrivals()[0] - started
 }
 
 /// Bytes the daemon wrote to storage per event, from ingest (8 clients, full durability) to

@@ -498,10 +498,12 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                     name: "memory, at rest",
                     group,
                     how: format!(
-                        "RSS after {} s with nothing to do: {:.2} MiB anonymous, {:.2} MiB mapped files (code of the binary and its libraries)",
+                        "RSS after {} s with nothing to do: {:.2} MiB anonymous, {:.2} MiB mapped files (code of the binary and its libraries); the first event after it from emit to the receiver in {:.1} ms, the next in {:.1} ms",
                         scale.idle.as_secs(),
                         rest.idle_anon_kib as f64 / 1024.0,
-                        rest.idle_file_kib as f64 / 1024.0
+                        rest.idle_file_kib as f64 / 1024.0,
+                        rest.first_after_rest.as_secs_f64() * 1000.0,
+                        rest.next.as_secs_f64() * 1000.0
                     ),
                     unit: "MiB",
                     value: Spread::of(vec![rest.idle_rss_kib as f64 / 1024.0]),

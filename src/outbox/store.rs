@@ -1075,17 +1075,17 @@ fn only_reports(batch: &[Command]) -> bool {
 }
 
 /// Gives the memory of a busy spell back to the system once the outbox is quiet: SQLite's page
-/// cache, and the free memory glibc's allocator keeps in every thread's arena (it keeps it
-/// otherwise, and a device's RSS would stay at its busiest long after a drain). Called from the
-/// daemon's timers (`status` every 10 s), so it costs an idle daemon no wake-up of its own.
+/// cache, the free memory glibc's allocator keeps in every thread's arena, and the daemon's
+/// mappings of the code it ran (`memory::give_back`); otherwise a device's RSS would stay at its
+/// busiest long after a drain. Called from the daemon's timers (`status` every 10 s), so it
+/// costs an idle daemon no wake-up of its own.
 fn give_back(conn: &Connection) {
     let _ = conn.execute_batch("PRAGMA shrink_memory");
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim takes no pointer; it returns free pages of the allocator's arenas
-    // to the system and is safe to call from any thread at any time.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
+    let released = crate::memory::give_back();
+    log::debug!(
+        "At rest: gave back the mappings of {} KiB of code",
+        released / 1024
+    );
 }
 
 /// Whether a batch of delivery reports should wait a little for more. While a sink drains,
