@@ -201,11 +201,15 @@ Anonymous:             0 kB
         assert!(clean_file_mappings(smaps).is_empty());
     }
 
-    /// The real thing, in this process: its code's pages are unmapped, and it runs on (the
-    /// assertions after `give_back` run code and read data from the released mappings). Other
-    /// tests run beside it and map what they run again, hence "a fraction". Under qemu-user,
-    /// which emulates `smaps` with every `Rss` at zero (this process's stack, in use, shows
-    /// none), nothing is resident to give back, and nothing is.
+    /// Set in the child process `giving_back_…` runs itself in.
+    const CHILD: &str = "EDGEHOOK_MEMORY_TEST_CHILD";
+
+    /// The real thing: a process's code's pages are unmapped, and it runs on (the assertions
+    /// after `give_back` run code and read data from the released mappings). It runs in a
+    /// child process of this test binary with no other test beside it, which would map what it
+    /// runs again in between. Under qemu-user, which emulates `smaps` with every `Rss` at zero
+    /// (this process's stack, in use, shows none), nothing is resident to give back, and
+    /// nothing is.
     #[test]
     fn giving_back_unmaps_this_processs_code_and_it_runs_on() {
         let smaps = || fs::read_to_string("/proc/self/smaps").expect("smaps");
@@ -223,10 +227,8 @@ Anonymous:             0 kB
                     .find_map(|l| field(l).filter(|(k, _)| *k == "Rss"))
             })
             .map(|(_, kib)| kib);
-        let before = resident();
-        let released = give_back();
-        let after = resident();
         if stack_rss == Some(0) {
+            let (before, released) = (resident(), give_back());
             assert_eq!(
                 (before, released),
                 (0, 0),
@@ -234,6 +236,22 @@ Anonymous:             0 kB
             );
             return;
         }
+        if std::env::var_os(CHILD).is_none() {
+            let name = "memory::tests::giving_back_unmaps_this_processs_code_and_it_runs_on";
+            let out = std::process::Command::new(std::env::current_exe().expect("this test"))
+                .args([name, "--exact", "--test-threads=1", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .expect("the test binary runs again");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "the child failed:\n{text}");
+            assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+            return;
+        }
+        let before = resident();
+        let released = give_back();
+        let after = resident();
         assert!(
             before >= 1024,
             "a test binary runs more than 1 MiB of code: {before} KiB"
@@ -249,5 +267,9 @@ Anonymous:             0 kB
         );
         let text = format!("{:?}", (after, "still running", vec![1.5f64; 3]));
         assert!(text.contains("still running"));
+        eprintln!(
+            "before {before} KiB, released {} KiB, after {after} KiB",
+            released / 1024
+        );
     }
 }
