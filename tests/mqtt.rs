@@ -68,7 +68,14 @@ fn the_broker_restarted_three_times_mid_stream_loses_nothing_acknowledged() {
         return;
     }
     let setup = Setup::new("");
-    let mut broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    // The subscriber falls behind while the broker restarts, and mosquitto drops what it
+    // queues for a client beyond max_queued_messages (1,000 by default; its log says
+    // "Outgoing messages are being dropped"): room for every event, so that what is missing
+    // could only be edgehook's loss.
+    let mut broker = Broker::start(
+        setup.dir.path(),
+        "allow_anonymous true\nmax_queued_messages 100000",
+    );
     let sub = Subscriber::connect(broker.port, "edgehook/+/events/#");
     setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
     let _daemon = setup.start();
@@ -84,13 +91,27 @@ fn the_broker_restarted_three_times_mid_stream_loses_nothing_acknowledged() {
         sub.distinct_event_ids().len() >= ids.len()
     });
     let arrived: Vec<String> = sub.events().iter().map(Message::event_id).collect();
-    // Repeats come from edgehook's window (16 unacknowledged publishes) and from the broker,
-    // which keeps its own QoS 1 window and queue towards the subscriber across its restart and
-    // sends them again (mosquitto's max_inflight_messages is 20).
-    let dups = check_arrivals(&arrived, &ids, 64);
+    // The subscriber's repeats are mostly the broker's: stopped, it saves its queue towards the
+    // subscriber, and started again it sends once more (marked DUP) what it had sent without
+    // having seen the acknowledgement yet, which with mosquitto 2.0.11 has been hundreds of
+    // messages (362 in one run, its log shows). So the subscriber's arrivals are checked for
+    // order and loss only, and edgehook's own repeats are counted where they arrive, at the
+    // broker: its events' publishes beyond one per event, at most its window (16 unacknowledged
+    // publishes) for each of the three restarts.
+    let dups = check_arrivals(&arrived, &ids, usize::MAX);
+    let published = broker
+        .log()
+        .lines()
+        .filter(|l| l.contains("Received PUBLISH from edgehook-") && l.contains("/events/"))
+        .count();
     eprintln!(
-        "{} messages for {} events, {dups} duplicates",
+        "{} messages for {} events, {dups} duplicates; edgehook published {published}",
         arrived.len(),
+        ids.len()
+    );
+    assert!(
+        published >= ids.len() && published - ids.len() <= 3 * 16,
+        "edgehook published its {} events {published} times",
         ids.len()
     );
 }
