@@ -77,11 +77,10 @@ fn device_provisioned_is_sent_once_across_restarts_with_menders_device_shape() {
     });
     let all = types(&receiver);
     assert_eq!(all[0], "device-provisioned", "{all:?}");
-    assert_eq!(
-        all.iter().filter(|t| *t == "device-provisioned").count(),
-        1,
-        "{all:?}"
-    );
+    // One event, generated once; the daemon is killed with SIGKILL in between, so it may be
+    // delivered again when its delivery had not been recorded yet (at least once; seen once in
+    // a full test run here, with markers delivered twice too).
+    assert_eq!(of_type(&receiver, "device-provisioned").len(), 1, "{all:?}");
 
     let event = &of_type(&receiver, "device-provisioned")[0];
     let data = &event["data"];
