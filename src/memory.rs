@@ -9,9 +9,9 @@
 //! the page cache, so the next event maps what it runs again without reading the flash (minor
 //! faults, well under a millisecond); and a page no process maps is the first the kernel takes
 //! back when the device runs short of memory, where a mapped page of code is kept the longest.
-//! Only mappings that hold nothing of the daemon's own (no private copy of a page, `Anonymous:
-//! 0 kB` in `smaps`) are unmapped: dropping such a page loses nothing, as the file has the same
-//! bytes.
+//! Only mappings that hold nothing of the daemon's own (no private copy of a page in memory or
+//! in swap, `Anonymous: 0 kB` and `Swap: 0 kB` in `smaps`) are unmapped: dropping such a page
+//! loses nothing, as the file has the same bytes.
 
 use std::fs;
 
@@ -58,13 +58,15 @@ struct Mapping {
 
 /// The mappings of `smaps` that can be dropped without losing anything: private, not
 /// writable, backed by a file (not `[vdso]`, `[stack]` or anonymous), with no private copy of
-/// a page (`Anonymous: 0 kB`: relocated data made read-only after start-up has copies), not
-/// locked, and with pages mapped.
+/// a page in memory or in swap (`Anonymous: 0 kB`, `Swap: 0 kB`: relocated data made read-only
+/// after start-up has copies, and a copy swapped out counts only as swap), not locked, and
+/// with pages mapped.
 fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
     struct Open {
         mapping: Mapping,
         eligible: bool,
         anonymous_kib: Option<u64>,
+        swap_kib: u64,
         locked_kib: u64,
     }
     let mut out = Vec::new();
@@ -73,6 +75,7 @@ fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
         if let Some(o) = o {
             if o.eligible
                 && o.anonymous_kib == Some(0)
+                && o.swap_kib == 0
                 && o.locked_kib == 0
                 && o.mapping.rss_kib > 0
             {
@@ -100,12 +103,14 @@ fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
                 },
                 eligible,
                 anonymous_kib: None,
+                swap_kib: 0,
                 locked_kib: 0,
             });
         } else if let (Some(o), Some((key, kib))) = (open.as_mut(), field(line)) {
             match key {
                 "Rss" => o.mapping.rss_kib = kib,
                 "Anonymous" => o.anonymous_kib = Some(kib),
+                "Swap" => o.swap_kib = kib,
                 "Locked" => o.locked_kib = kib,
                 _ => {}
             }
@@ -151,7 +156,12 @@ Locked:                0 kB
 Rss:                 256 kB
 Anonymous:           256 kB
 Locked:                0 kB
-55d0c0640000-55d0c0650000 rw-p 00640000 fe:01 123 /usr/bin/edgehook
+55d0c0640000-55d0c0648000 r--p 00640000 fe:01 123 /usr/bin/edgehook
+Rss:                  16 kB
+Anonymous:             0 kB
+Swap:                 16 kB
+Locked:                0 kB
+55d0c0648000-55d0c0650000 rw-p 00648000 fe:01 123 /usr/bin/edgehook
 Rss:                  64 kB
 Anonymous:            64 kB
 55d0c0650000-55d0c0660000 rw-p 00000000 00:00 0
@@ -189,8 +199,8 @@ Anonymous:             0 kB
                     rss_kib: 4096
                 },
             ],
-            "relocated read-only data (a private copy), writable, shared, locked, empty and \
-             pseudo mappings are left alone"
+            "relocated read-only data (a private copy, in memory or swapped out), writable, \
+             shared, locked, empty and pseudo mappings are left alone"
         );
     }
 
