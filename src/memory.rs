@@ -5,15 +5,18 @@
 //! HTTP, TLS, signing, SQLite), and the kernel maps each page of it into the daemon together
 //! with the pages around it (fault-around, 64 KiB). Those stay mapped, and counted in the
 //! daemon's RSS, for as long as the daemon lives: after a drain about 7 MiB of its 10. At rest
-//! the daemon unmaps them (`MADV_DONTNEED` on its read-only file mappings). The pages stay in
-//! the page cache, so the next event maps what it runs again without reading the flash (minor
-//! faults, well under a millisecond); and a page no process maps is the first the kernel takes
-//! back when the device runs short of memory, where a mapped page of code is kept the longest.
+//! the daemon unmaps them (`MADV_DONTNEED` on the read-only mappings of its executable and
+//! shared libraries). The pages stay in the page cache, so the next event maps what it runs
+//! again without reading the flash (minor faults: about a millisecond more from `emit` to the
+//! receiver for the first event after a rest, in the benchmark); and a page no process maps is
+//! the first the kernel takes back when the device runs short of memory, where a mapped page of
+//! code is kept the longest.
 //! Only mappings that hold nothing of the daemon's own (no private copy of a page in memory or
 //! in swap, `Anonymous: 0 kB` and `Swap: 0 kB` in `smaps`) are unmapped: dropping such a page
 //! loses nothing, as the file has the same bytes.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 
 /// Gives back what a busy spell left: the free pages of every allocator arena, and the
 /// daemon's mappings of the pages of its code and read-only data. Returns the bytes of the
@@ -29,11 +32,15 @@ pub fn give_back() -> u64 {
         return 0;
     };
     let mut released = 0;
-    for m in clean_file_mappings(&smaps) {
-        // SAFETY: the range is a whole mapping of this process, read-only, backed by a file
-        // and holding no private page (`clean_file_mappings`): the kernel drops its page-table
-        // entries and maps the file's pages again, with the same bytes, on the next access.
-        // Nothing is unmapped from the address space; no pointer into it becomes invalid.
+    for m in clean_file_mappings(&smaps, exe_inode()) {
+        // SAFETY: the range is a whole mapping of this process's executable or of a shared
+        // library, read-only and holding no private page (`clean_file_mappings`): the kernel
+        // drops its page-table entries and maps the file's pages again, with the same bytes, on
+        // the next access. Nothing is unmapped from the address space, no pointer into it
+        // becomes invalid, and the range is still that mapping when it is advised: the daemon
+        // unloads no library, and the executable's and libraries' mappings stay until exit (the
+        // range of a mapping unmapped in between could hold a new one, whose memory this would
+        // drop).
         let r = unsafe {
             nix::libc::madvise(
                 m.start as *mut nix::libc::c_void,
@@ -48,6 +55,11 @@ pub fn give_back() -> u64 {
     released
 }
 
+/// The inode of this process's executable (still there if the file was replaced since).
+fn exe_inode() -> Option<u64> {
+    fs::metadata("/proc/self/exe").ok().map(|m| m.ino())
+}
+
 /// A mapping of `/proc/self/smaps`: its range and its resident KiB.
 #[derive(Debug, PartialEq)]
 struct Mapping {
@@ -60,8 +72,10 @@ struct Mapping {
 /// writable, backed by a file (not `[vdso]`, `[stack]` or anonymous), with no private copy of
 /// a page in memory or in swap (`Anonymous: 0 kB`, `Swap: 0 kB`: relocated data made read-only
 /// after start-up has copies, and a copy swapped out counts only as swap), not locked, and
-/// with pages mapped.
-fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
+/// with pages mapped; and of the executable (its inode `exe`) or a shared library (`.so` in its
+/// name), which stay mapped until the process exits, where a data file could be unmapped (and
+/// its range reused) between this look and the advice.
+fn clean_file_mappings(smaps: &str, exe: Option<u64>) -> Vec<Mapping> {
     struct Open {
         mapping: Mapping,
         eligible: bool,
@@ -88,13 +102,17 @@ fn clean_file_mappings(smaps: &str) -> Vec<Mapping> {
             close(open.take(), &mut out);
             let mut fields = rest.split_ascii_whitespace();
             let perms = fields.next().unwrap_or("");
-            let path = fields.nth(3).unwrap_or("");
+            let inode = fields.nth(2).and_then(|i| i.parse::<u64>().ok());
+            let path = fields.next().unwrap_or("");
             let p = perms.as_bytes();
+            let name = path.rsplit('/').next().unwrap_or("");
+            let code = (inode.is_some() && inode == exe) || name.contains(".so");
             let eligible = p.len() == 4
                 && p[0] == b'r'
                 && p[1] == b'-'
                 && p[3] == b'p'
-                && path.starts_with('/');
+                && path.starts_with('/')
+                && code;
             open = Some(Open {
                 mapping: Mapping {
                     start: range.0,
@@ -174,6 +192,10 @@ Locked:                4 kB
 7f0000200000-7f0000300000 r-xp 00000000 fe:01 457 /usr/lib/x86_64-linux-gnu/libm.so.6
 Rss:                   0 kB
 Anonymous:             0 kB
+7f0000280000-7f0000300000 r--p 00000000 fe:01 458 /usr/lib/locale/locale-archive
+Rss:                  64 kB
+Anonymous:             0 kB
+Locked:                0 kB
 7f0000300000-7f0000400000 rw-s 00000000 fe:01 999 /var/lib/edgehook/outbox.db-shm
 Rss:                  32 kB
 Anonymous:             0 kB
@@ -184,7 +206,7 @@ Anonymous:             0 kB
 
     #[test]
     fn only_clean_read_only_file_mappings_with_pages_are_released() {
-        let got = clean_file_mappings(SMAPS);
+        let got = clean_file_mappings(SMAPS, Some(123));
         assert_eq!(
             got,
             vec![
@@ -200,7 +222,7 @@ Anonymous:             0 kB
                 },
             ],
             "relocated read-only data (a private copy, in memory or swapped out), writable, \
-             shared, locked, empty and pseudo mappings are left alone"
+             shared, locked, empty and pseudo mappings, and data files, are left alone"
         );
     }
 
@@ -208,7 +230,7 @@ Anonymous:             0 kB
     fn a_mapping_without_its_anonymous_line_is_left_alone() {
         let smaps =
             "7f0000000000-7f0000100000 r-xp 00000000 fe:01 456 /usr/lib/libc.so.6\nRss: 8 kB\n";
-        assert!(clean_file_mappings(smaps).is_empty());
+        assert!(clean_file_mappings(smaps, None).is_empty());
     }
 
     /// Set in the child process `giving_back_…` runs itself in.
@@ -224,7 +246,7 @@ Anonymous:             0 kB
     fn giving_back_unmaps_this_processs_code_and_it_runs_on() {
         let smaps = || fs::read_to_string("/proc/self/smaps").expect("smaps");
         let resident = || -> u64 {
-            clean_file_mappings(&smaps())
+            clean_file_mappings(&smaps(), exe_inode())
                 .iter()
                 .map(|m| m.rss_kib)
                 .sum()
