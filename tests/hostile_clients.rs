@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::memory::{assert_growth_below, cpu_ticks, emulator_allowance_kib, memory};
+use common::memory::{
+    assert_growth_below, cpu_ticks, emulator_allowance_kib, memory, memory_from_now,
+};
 use common::*;
 use edgehook::client::Reply;
 use serde_json::json;
@@ -113,7 +115,7 @@ fn a_thousand_connections_at_once_are_served_and_one_more_is_refused_cleanly() {
     assert_eq!(soft, hard, "the daemon raises its open-file limit");
     let stop = Arc::new(AtomicBool::new(false));
     let producing = producer(&setup, 20, stop.clone());
-    let before = memory(pid);
+    let before = memory_from_now(pid);
     let mut peaks = Vec::new();
     // The allocator keeps and reuses what the first waves took: growth levels off (figures in
     // RELIABILITY-PART-hostile.md); a leak would add about the same again with every wave.
@@ -208,7 +210,7 @@ fn a_hundred_thousand_garbage_lines_are_answered_while_other_clients_are_served(
     let pid = daemon.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let producing = producer(&setup, 20, stop.clone());
-    let before = memory(pid);
+    let before = memory_from_now(pid);
     let conn = raw(&setup);
     let mut writer = conn.try_clone().unwrap();
     let lines = scaled(100_000);
@@ -260,7 +262,7 @@ fn lines_over_the_size_limit_are_refused_without_being_held_in_memory() {
     let mut ids = vec![v["id"].as_str().unwrap().to_string()];
     c.send_raw(&line(1025)).unwrap();
     assert!(matches!(c.recv().unwrap(), Reply::Err { code, .. } if code == "too_large"));
-    let before = memory(pid);
+    let before = memory_from_now(pid);
     // 16 lines of 4 MiB, then a single line of 64 MiB: 128 MiB the daemon must not hold.
     let (count, last) = (scaled(160) / 10, scaled(640) / 10);
     let conn = raw(&setup);
@@ -333,7 +335,7 @@ fn a_client_that_never_reads_its_replies_is_stopped_not_buffered() {
     let pid = daemon.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let producing = producer(&setup, 20, stop.clone());
-    let before = memory(pid);
+    let before = memory_from_now(pid);
     let deaf = raw(&setup);
     deaf.set_write_timeout(Some(Duration::from_secs(3)))
         .unwrap();

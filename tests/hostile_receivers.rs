@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::memory::{assert_growth_below, memory};
+use common::memory::{assert_growth_below, memory_from_now};
 use common::raw_server::{RawServer, Stream, answer_ok, hold, read_request};
 use common::*;
 use edgehook::client::Reply;
@@ -198,7 +198,7 @@ fn a_100_mb_response_is_read_only_up_to_a_bound_and_memory_stays_bounded() {
                 && scene.healthy.delivered_count() >= 1
         },
     );
-    let before = memory(pid);
+    let before = memory_from_now(pid);
     ids.extend(scene.emit(9));
     for (name, server) in [("fast", &fast), ("slow", &slow)] {
         wait_until(

@@ -28,6 +28,16 @@ pub fn memory(pid: i32) -> Memory {
     }
 }
 
+/// The memory of process `pid`, its peak (`VmHWM`) reset to its resident size first
+/// (`/proc/PID/clear_refs`), so that the peak after a test's load is that load's alone: a peak
+/// from before (a warm-up) could otherwise stand above a resident size that the daemon has
+/// since brought down (at rest it gives memory back, `edgehook::memory`).
+pub fn memory_from_now(pid: i32) -> Memory {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .unwrap_or_else(|e| panic!("cannot reset the peak of {pid} (/proc/{pid}/clear_refs): {e}"));
+    memory(pid)
+}
+
 /// What `growth_kib` bounds allow on top under `EDGEHOOK_TEST_RUNNER`: the emulator
 /// translates each code path the daemon takes for the first time and keeps the translation
 /// (seen: 14 MiB under qemu-aarch64 where the daemon itself grew by 1.3 MiB).
@@ -35,7 +45,8 @@ pub fn emulator_allowance_kib() -> u64 {
     if super::emulated() { 48 * 1024 } else { 0 }
 }
 
-/// How much the peak since `before` exceeds `before`'s resident size, checked against
+/// How much the peak since `before` (taken with `memory_from_now`) exceeds `before`'s resident
+/// size, checked against
 /// `bound_kib` (plus the emulator's allowance); returns the growth.
 pub fn assert_growth_below(pid: i32, before: Memory, bound_kib: u64, what: &str) -> u64 {
     let after = memory(pid);
