@@ -239,9 +239,7 @@ Anonymous:             0 kB
     /// The real thing: a process's code's pages are unmapped, and it runs on (the assertions
     /// after `give_back` run code and read data from the released mappings). It runs in a
     /// child process of this test binary with no other test beside it, which would map what it
-    /// runs again in between. Under qemu-user, which emulates `smaps` with every `Rss` at zero
-    /// (a process always has resident pages: its stack, in use, at least), nothing is resident
-    /// to give back, and nothing is.
+    /// runs again in between.
     #[test]
     fn giving_back_unmaps_this_processs_code_and_it_runs_on() {
         let smaps = || fs::read_to_string("/proc/self/smaps").expect("smaps");
@@ -251,17 +249,16 @@ Anonymous:             0 kB
                 .map(|m| m.rss_kib)
                 .sum()
         };
-        let any_resident = smaps()
-            .lines()
-            .filter_map(field)
-            .any(|(key, kib)| key == "Rss" && kib > 0);
-        if !any_resident {
-            let (before, released) = (resident(), give_back());
-            assert_eq!(
-                (before, released),
-                (0, 0),
-                "smaps emulated with no resident pages"
-            );
+        if std::env::var("EDGEHOOK_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty()) {
+            // scripts/cross-test runs this binary under qemu-user (and sets the variable for the
+            // daemons tests start): the smaps it reads and the advice it gives are the
+            // emulator's translations, not a kernel's view of a process, and running this binary
+            // again would need the runner. What holds there: giving back runs, and so does the
+            // process after it. The unmapping itself is checked on the native run.
+            let released = give_back();
+            let text = format!("{:?}", (released, "still running", vec![1.5f64; 3]));
+            assert!(text.contains("still running"));
+            eprintln!("under EDGEHOOK_TEST_RUNNER: gave back {released} bytes; not measured");
             return;
         }
         if std::env::var_os(CHILD).is_none() {
