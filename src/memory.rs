@@ -16,7 +16,6 @@
 //! loses nothing, as the file has the same bytes.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 
 /// Gives back what a busy spell left: the free pages of every allocator arena, and the
 /// daemon's mappings of the pages of its code and read-only data. Returns the bytes of the
@@ -32,7 +31,7 @@ pub fn give_back() -> u64 {
         return 0;
     };
     let mut released = 0;
-    for m in clean_file_mappings(&smaps, exe_inode()) {
+    for m in clean_file_mappings(&smaps, give_back as fn() -> u64 as usize) {
         // SAFETY: the range is a whole mapping of this process's executable or of a shared
         // library, read-only and holding no private page (`clean_file_mappings`): the kernel
         // drops its page-table entries and maps the file's pages again, with the same bytes, on
@@ -55,10 +54,8 @@ pub fn give_back() -> u64 {
     released
 }
 
-/// The inode of this process's executable (still there if the file was replaced since).
-fn exe_inode() -> Option<u64> {
-    fs::metadata("/proc/self/exe").ok().map(|m| m.ino())
-}
+/// A file as `smaps` names it: its device (`major:minor`) and inode fields.
+type FileId = (String, u64);
 
 /// A mapping of `/proc/self/smaps`: its range and its resident KiB.
 #[derive(Debug, PartialEq)]
@@ -68,73 +65,83 @@ struct Mapping {
     rss_kib: u64,
 }
 
+/// A mapping with what `clean_file_mappings` decides on.
+struct Entry {
+    mapping: Mapping,
+    /// Private and readable, not writable.
+    read_only_private: bool,
+    file: Option<FileId>,
+    path: String,
+    anonymous_kib: Option<u64>,
+    swap_kib: u64,
+    locked_kib: u64,
+}
+
 /// The mappings of `smaps` that can be dropped without losing anything: private, not
 /// writable, backed by a file (not `[vdso]`, `[stack]` or anonymous), with no private copy of
 /// a page in memory or in swap (`Anonymous: 0 kB`, `Swap: 0 kB`: relocated data made read-only
 /// after start-up has copies, and a copy swapped out counts only as swap), not locked, and
-/// with pages mapped; and of the executable (its inode `exe`) or a shared library (`.so` in its
-/// name), which stay mapped until the process exits, where a data file could be unmapped (and
-/// its range reused) between this look and the advice.
-fn clean_file_mappings(smaps: &str, exe: Option<u64>) -> Vec<Mapping> {
-    struct Open {
-        mapping: Mapping,
-        eligible: bool,
-        anonymous_kib: Option<u64>,
-        swap_kib: u64,
-        locked_kib: u64,
-    }
-    let mut out = Vec::new();
-    let mut open: Option<Open> = None;
-    let close = |o: Option<Open>, out: &mut Vec<Mapping>| {
-        if let Some(o) = o {
-            if o.eligible
-                && o.anonymous_kib == Some(0)
-                && o.swap_kib == 0
-                && o.locked_kib == 0
-                && o.mapping.rss_kib > 0
-            {
-                out.push(o.mapping);
-            }
-        }
-    };
+/// with pages mapped; and of the executable (the file mapped where the code at `code_at` is)
+/// or a shared library (`.so` in its name), which stay mapped until the process exits, where
+/// a data file could be unmapped (and its range reused) between this look and the advice.
+/// The executable is told by the mapping rather than by `/proc/self/exe`, whose device and
+/// inode can differ from the mapping's (overlayfs, btrfs).
+fn clean_file_mappings(smaps: &str, code_at: usize) -> Vec<Mapping> {
+    let entries = entries(smaps);
+    let exe = entries
+        .iter()
+        .find(|e| (e.mapping.start..e.mapping.end).contains(&code_at))
+        .and_then(|e| e.file.clone());
+    entries
+        .into_iter()
+        .filter(|e| {
+            let name = e.path.rsplit('/').next().unwrap_or("");
+            let code = (e.file.is_some() && e.file == exe) || name.contains(".so");
+            e.read_only_private
+                && e.path.starts_with('/')
+                && code
+                && e.anonymous_kib == Some(0)
+                && e.swap_kib == 0
+                && e.locked_kib == 0
+                && e.mapping.rss_kib > 0
+        })
+        .map(|e| e.mapping)
+        .collect()
+}
+
+/// Every mapping of `smaps`, with the fields `clean_file_mappings` looks at.
+fn entries(smaps: &str) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::new();
     for line in smaps.lines() {
-        if let Some((range, rest)) = header(line) {
-            close(open.take(), &mut out);
+        if let Some(((start, end), rest)) = header(line) {
             let mut fields = rest.split_ascii_whitespace();
-            let perms = fields.next().unwrap_or("");
-            let inode = fields.nth(2).and_then(|i| i.parse::<u64>().ok());
-            let path = fields.next().unwrap_or("");
-            let p = perms.as_bytes();
-            let name = path.rsplit('/').next().unwrap_or("");
-            let code = (inode.is_some() && inode == exe) || name.contains(".so");
-            let eligible = p.len() == 4
-                && p[0] == b'r'
-                && p[1] == b'-'
-                && p[3] == b'p'
-                && path.starts_with('/')
-                && code;
-            open = Some(Open {
+            let p = fields.next().unwrap_or("").as_bytes();
+            let _offset = fields.next();
+            let dev = fields.next().unwrap_or("");
+            let inode = fields.next().and_then(|i| i.parse::<u64>().ok());
+            out.push(Entry {
                 mapping: Mapping {
-                    start: range.0,
-                    end: range.1,
+                    start,
+                    end,
                     rss_kib: 0,
                 },
-                eligible,
+                read_only_private: p.len() == 4 && p[0] == b'r' && p[1] == b'-' && p[3] == b'p',
+                file: inode.filter(|&i| i != 0).map(|i| (dev.to_string(), i)),
+                path: fields.next().unwrap_or("").to_string(),
                 anonymous_kib: None,
                 swap_kib: 0,
                 locked_kib: 0,
             });
-        } else if let (Some(o), Some((key, kib))) = (open.as_mut(), field(line)) {
+        } else if let (Some(e), Some((key, kib))) = (out.last_mut(), field(line)) {
             match key {
-                "Rss" => o.mapping.rss_kib = kib,
-                "Anonymous" => o.anonymous_kib = Some(kib),
-                "Swap" => o.swap_kib = kib,
-                "Locked" => o.locked_kib = kib,
+                "Rss" => e.mapping.rss_kib = kib,
+                "Anonymous" => e.anonymous_kib = Some(kib),
+                "Swap" => e.swap_kib = kib,
+                "Locked" => e.locked_kib = kib,
                 _ => {}
             }
         }
     }
-    close(open.take(), &mut out);
     out
 }
 
@@ -196,6 +203,9 @@ Anonymous:             0 kB
 Rss:                  64 kB
 Anonymous:             0 kB
 Locked:                0 kB
+7f0000290000-7f00002a0000 r--p 00000000 08:02 123 /data/another-disk-same-inode
+Rss:                  64 kB
+Anonymous:             0 kB
 7f0000300000-7f0000400000 rw-s 00000000 fe:01 999 /var/lib/edgehook/outbox.db-shm
 Rss:                  32 kB
 Anonymous:             0 kB
@@ -206,7 +216,7 @@ Anonymous:             0 kB
 
     #[test]
     fn only_clean_read_only_file_mappings_with_pages_are_released() {
-        let got = clean_file_mappings(SMAPS, Some(123));
+        let got = clean_file_mappings(SMAPS, 0x55d0c0100400);
         assert_eq!(
             got,
             vec![
@@ -230,7 +240,7 @@ Anonymous:             0 kB
     fn a_mapping_without_its_anonymous_line_is_left_alone() {
         let smaps =
             "7f0000000000-7f0000100000 r-xp 00000000 fe:01 456 /usr/lib/libc.so.6\nRss: 8 kB\n";
-        assert!(clean_file_mappings(smaps, None).is_empty());
+        assert!(clean_file_mappings(smaps, 0x7f0000000400).is_empty());
     }
 
     /// Set in the child process `giving_back_…` runs itself in.
@@ -242,9 +252,10 @@ Anonymous:             0 kB
     /// runs again in between.
     #[test]
     fn giving_back_unmaps_this_processs_code_and_it_runs_on() {
+        let code = give_back as fn() -> u64 as usize;
         let smaps = || fs::read_to_string("/proc/self/smaps").expect("smaps");
         let resident = || -> u64 {
-            clean_file_mappings(&smaps(), exe_inode())
+            clean_file_mappings(&smaps(), code)
                 .iter()
                 .map(|m| m.rss_kib)
                 .sum()
@@ -274,6 +285,12 @@ Anonymous:             0 kB
             assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
             return;
         }
+        assert!(
+            clean_file_mappings(&smaps(), code)
+                .iter()
+                .any(|m| (m.start..m.end).contains(&code)),
+            "the executable's code is among the mappings to give back"
+        );
         let before = resident();
         let released = give_back();
         let after = resident();
