@@ -4,22 +4,25 @@
 //! A busy spell runs code from all over the binary and its libraries (start-up, the config,
 //! HTTP, TLS, signing, SQLite), and the kernel maps each page of it into the daemon together
 //! with the pages around it (fault-around, 64 KiB). Those stay mapped, and counted in the
-//! daemon's RSS, for as long as the daemon lives: after a drain about 7 MiB of its 10. At rest
-//! the daemon unmaps them (`MADV_DONTNEED` on the read-only mappings of its executable and
-//! shared libraries). The pages stay in the page cache, so the next event maps what it runs
+//! daemon's RSS, for as long as the daemon lives: after a drain about 7 MiB of its 10, most of
+//! them the binary's own. At rest the daemon unmaps those (`MADV_DONTNEED` on the read-only
+//! mappings of its executable). The pages stay in the page cache, so the next event maps what it runs
 //! again without reading the flash (minor faults: about a millisecond more from `emit` to the
 //! receiver for the first event after a rest, in the benchmark); and a page no process maps is
 //! the first the kernel takes back when the device runs short of memory, where a mapped page of
 //! code is kept the longest.
 //! Only mappings that hold nothing of the daemon's own (no private copy of a page in memory or
 //! in swap, `Anonymous: 0 kB` and `Swap: 0 kB` in `smaps`) are unmapped: dropping such a page
-//! loses nothing, as the file has the same bytes.
+//! loses nothing, as the file has the same bytes. Shared libraries are left mapped: the loader
+//! maps and unmaps files while another thread resolves a host or a group for the first time
+//! (the NSS modules, `/etc/ld.so.cache`), so a range read from `smaps` could hold something
+//! else by the time it is advised; the executable's mappings are made once, at exec.
 
 use std::fs;
 
 /// Gives back what a busy spell left: the free pages of every allocator arena, and the
-/// daemon's mappings of the pages of its code and read-only data. Returns the bytes of the
-/// mappings it released (their RSS before).
+/// daemon's mappings of the pages of its executable's code and read-only data. Returns the
+/// bytes of the mappings it released (their RSS before).
 pub fn give_back() -> u64 {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim takes no pointer; it returns free pages of the allocator's arenas
@@ -32,14 +35,14 @@ pub fn give_back() -> u64 {
     };
     let mut released = 0;
     for m in clean_file_mappings(&smaps, give_back as fn() -> u64 as usize) {
-        // SAFETY: the range is a whole mapping of this process's executable or of a shared
-        // library, read-only and holding no private page (`clean_file_mappings`): the kernel
-        // drops its page-table entries and maps the file's pages again, with the same bytes, on
-        // the next access. Nothing is unmapped from the address space, no pointer into it
-        // becomes invalid, and the range is still that mapping when it is advised: the daemon
-        // unloads no library, and the executable's and libraries' mappings stay until exit (the
-        // range of a mapping unmapped in between could hold a new one, whose memory this would
-        // drop).
+        // SAFETY: the range is a whole mapping of this process's executable, read-only and
+        // holding no private page (`clean_file_mappings`): the kernel drops its page-table
+        // entries and maps the file's pages again, with the same bytes, on the next access.
+        // Nothing is unmapped from the address space, no pointer into it becomes invalid, and
+        // the range is still that mapping when it is advised: the kernel mapped the executable
+        // at exec and the loader made its relocated data read-only before `main`; nothing maps
+        // or unmaps it afterwards (a range unmapped in between could hold a new mapping, whose
+        // memory this would drop).
         let r = unsafe {
             nix::libc::madvise(
                 m.start as *mut nix::libc::c_void,
@@ -81,11 +84,10 @@ struct Entry {
 /// writable, backed by a file (not `[vdso]`, `[stack]` or anonymous), with no private copy of
 /// a page in memory or in swap (`Anonymous: 0 kB`, `Swap: 0 kB`: relocated data made read-only
 /// after start-up has copies, and a copy swapped out counts only as swap), not locked, and
-/// with pages mapped; and of the executable (the file mapped where the code at `code_at` is)
-/// or a shared library (`.so` in its name), which stay mapped until the process exits, where
-/// a data file could be unmapped (and its range reused) between this look and the advice.
-/// The executable is told by the mapping rather than by `/proc/self/exe`, whose device and
-/// inode can differ from the mapping's (overlayfs, btrfs).
+/// with pages mapped; and of the executable (the file mapped where the code at `code_at` is),
+/// whose mappings stay as they are until the process exits (see the module's note on shared
+/// libraries). The executable is told by the mapping rather than by `/proc/self/exe`, whose
+/// device and inode can differ from the mapping's (overlayfs, btrfs).
 fn clean_file_mappings(smaps: &str, code_at: usize) -> Vec<Mapping> {
     let entries = entries(smaps);
     let exe = entries
@@ -95,11 +97,10 @@ fn clean_file_mappings(smaps: &str, code_at: usize) -> Vec<Mapping> {
     entries
         .into_iter()
         .filter(|e| {
-            let name = e.path.rsplit('/').next().unwrap_or("");
-            let code = (e.file.is_some() && e.file == exe) || name.contains(".so");
             e.read_only_private
                 && e.path.starts_with('/')
-                && code
+                && e.file.is_some()
+                && e.file == exe
                 && e.anonymous_kib == Some(0)
                 && e.swap_kib == 0
                 && e.locked_kib == 0
@@ -132,14 +133,33 @@ fn entries(smaps: &str) -> Vec<Entry> {
                 swap_kib: 0,
                 locked_kib: 0,
             });
-        } else if let (Some(e), Some((key, kib))) = (out.last_mut(), field(line)) {
-            match key {
-                "Rss" => e.mapping.rss_kib = kib,
-                "Anonymous" => e.anonymous_kib = Some(kib),
-                "Swap" => e.swap_kib = kib,
-                "Locked" => e.locked_kib = kib,
-                _ => {}
+        } else if let Some((key, kib)) = field(line) {
+            if let Some(e) = out.last_mut() {
+                match key {
+                    "Rss" => e.mapping.rss_kib = kib,
+                    "Anonymous" => e.anonymous_kib = Some(kib),
+                    "Swap" => e.swap_kib = kib,
+                    "Locked" => e.locked_kib = kib,
+                    _ => {}
+                }
             }
+        } else if !line.split(' ').next().unwrap_or("").ends_with(':') {
+            // Neither a field (`Key: …`) nor a header this reads: a mapping it cannot name. Its
+            // fields must not be taken for the previous mapping's, so it stands in as one that
+            // is never given back.
+            out.push(Entry {
+                mapping: Mapping {
+                    start: 0,
+                    end: 0,
+                    rss_kib: 0,
+                },
+                read_only_private: false,
+                file: None,
+                path: String::new(),
+                anonymous_kib: None,
+                swap_kib: 0,
+                locked_kib: 0,
+            });
         }
     }
     out
@@ -181,6 +201,9 @@ Locked:                0 kB
 Rss:                 256 kB
 Anonymous:           256 kB
 Locked:                0 kB
+55d0c063x000-55d0c0640000 r--p 00630000 fe:01 123 /usr/bin/edgehook
+Rss:                  64 kB
+Anonymous:             0 kB
 55d0c0640000-55d0c0648000 r--p 00640000 fe:01 123 /usr/bin/edgehook
 Rss:                  16 kB
 Anonymous:             0 kB
@@ -195,7 +218,14 @@ Anonymous:            64 kB
 7f0000000000-7f0000100000 r-xp 00000000 fe:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
 Rss:                1600 kB
 Anonymous:             0 kB
+Locked:                0 kB
+7f0000100000-7f0000110000 r-xp 00100000 fe:01 123 /usr/bin/edgehook
+Rss:                  64 kB
+Anonymous:             0 kB
 Locked:                4 kB
+7f0000110000-7f0000130000 r--p 00000000 fe:01 460 /etc/ld.so.cache
+Rss:                 128 kB
+Anonymous:             0 kB
 7f0000200000-7f0000300000 r-xp 00000000 fe:01 457 /usr/lib/x86_64-linux-gnu/libm.so.6
 Rss:                   0 kB
 Anonymous:             0 kB
@@ -231,8 +261,9 @@ Anonymous:             0 kB
                     rss_kib: 4096
                 },
             ],
-            "relocated read-only data (a private copy, in memory or swapped out), writable, \
-             shared, locked, empty and pseudo mappings, and data files, are left alone"
+            "relocated read-only data (a private copy, in memory or swapped out, and not \
+             hidden behind a header that does not parse), writable, shared, locked, empty and \
+             pseudo mappings, shared libraries and data files are left alone"
         );
     }
 
