@@ -80,15 +80,14 @@ struct Entry {
     locked_kib: u64,
 }
 
-/// The mappings of `smaps` that can be dropped without losing anything: code (private,
-/// readable and executable, not writable: read-only data is left, as under qemu-user, whose
-/// `smaps` shows no private copies, relocated data dropped so crashed the armv7 tests), backed by a file (not `[vdso]`, `[stack]` or anonymous), with no private copy of
-/// a page in memory or in swap (`Anonymous: 0 kB`, `Swap: 0 kB`: relocated data made read-only
-/// after start-up has copies, and a copy swapped out counts only as swap), not locked, and
-/// with pages mapped; and of the executable (the file mapped where the code at `code_at` is),
-/// whose mappings stay as they are until the process exits (see the module's note on shared
-/// libraries). The executable is told by the mapping rather than by `/proc/self/exe`, whose
-/// device and inode can differ from the mapping's (overlayfs, btrfs).
+/// The mappings of `smaps` that can be dropped without losing anything: the executable's code
+/// (`r-xp`, of the file mapped where the code at `code_at` is), with no private copy of a page
+/// in memory or in swap (`Anonymous: 0 kB`, `Swap: 0 kB`), not locked, and with pages mapped.
+/// Read-only data is left: under qemu-user `smaps` shows no private copies, and dropping
+/// relocated data there crashed the armv7 tests. The executable's mappings stay as they are
+/// until the process exits (see the module's note on shared libraries); it is told by the
+/// mapping rather than by `/proc/self/exe`, whose device and inode can differ from the
+/// mapping's (overlayfs, btrfs).
 fn clean_file_mappings(smaps: &str, code_at: usize) -> Vec<Mapping> {
     let entries = entries(smaps);
     let exe = entries

@@ -87,8 +87,8 @@ pub fn startup_and_status(backlog: &Setup, runs: usize) -> (Vec<f64>, Vec<f64>) 
 /// CPU is slow to wake), and the scheduler moves between them on its own. Every drain starts in
 /// the fast one, so a long window of the large backlog against the short one of the small
 /// backlog measured the scheduler, not the backlog (0.82), and equal short windows swung from
-/// 0.32 to 2.6 from run to run. On one CPU the rate holds steady (about 32,000 here, with the outbox's thread on the same CPU) and the
-/// ratio says what the backlog costs.
+/// 0.32 to 2.6 from run to run. On one CPU the rate holds steady (about 32,000 here, with the
+/// outbox's thread on the same CPU) and the ratio says what the backlog costs.
 pub fn on_one_cpu<T>(f: impl FnOnce() -> T) -> T {
     let this = Pid::from_raw(0);
     let all = sched_getaffinity(this).expect("this thread's CPUs");
