@@ -9,6 +9,7 @@ pub mod format;
 pub mod http;
 pub mod lean_tcp;
 pub mod mqtt;
+pub mod mqtt_wire;
 pub mod signing;
 pub mod tls;
 

@@ -1,32 +1,32 @@
-//! The MQTT transport: MQTT 5 through rumqttc, on the sink's own thread with its own
-//! single-threaded runtime. A delivery is done only when the broker acknowledges it (PUBACK,
-//! or PUBCOMP for QoS 2).
+//! The MQTT transport: MQTT 5 on the sink's own thread with its own single-threaded runtime,
+//! over one TCP (or TLS) connection that carries the whole window. A delivery is done only
+//! when the broker acknowledges it (PUBACK, or PUBCOMP for QoS 2).
 //!
-//! rumqttc's `publish` does not return the packet id. The event loop reports each publish it
-//! writes as `Outgoing::Publish(pkid)`, in the order the publishes were requested; this sink
-//! requests them from one task, so the n-th notification belongs to the n-th request and the
-//! packet id is tied to its event there. Presence messages go through the same sequence.
+//! The session writes every publish the window has room for in one write, and handles every
+//! acknowledgement that arrived together at once, reporting them to the outbox together
+//! (`mqtt_wire` is the protocol). A general client (rumqttc, before) wrote and flushed each
+//! publish on its own and handed acknowledgements over one at a time, which cost a system
+//! call and a packet a publish here and a wake-up a packet at the broker.
 //!
-//! When the connection is lost, the client and its event loop are dropped whole (nothing is
-//! left to rumqttc's own re-sending) and every unacknowledged event is published again from the
-//! outbox on the next connection, so duplicates are only of events in flight.
+//! When the connection is lost, nothing is re-sent from memory: every unacknowledged event is
+//! published again from the outbox on the next connection, so duplicates are only of events
+//! in flight.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, LastWill, Packet, PubAckReason, PubCompReason, PubRecReason,
-    PublishProperties,
-};
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
-use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
+use super::mqtt_wire::{self as wire, Incoming};
 use super::{FETCH, READ_AHEAD_LOW, Shared, SinkError, backoff};
 use crate::config::{MqttSpec, SinkKind, SinkSpec};
 use crate::outbox::{Delivery, Measured, Report, SinkState, clock, now_ms};
+
+/// The content type of every event published.
+const CONTENT_TYPE: &str = "application/json";
 
 /// A broker.
 pub struct MqttSink {
@@ -57,14 +57,6 @@ impl MqttSink {
         }
     }
 
-    fn qos(&self) -> QoS {
-        if self.m().qos == 2 {
-            QoS::ExactlyOnce
-        } else {
-            QoS::AtLeastOnce
-        }
-    }
-
     /// Fills a topic template.
     pub fn fill(&self, template: &str, event_type: &str) -> String {
         crate::config::fill(
@@ -76,59 +68,28 @@ impl MqttSink {
         )
     }
 
-    /// The connection options: client id, credentials, keep-alive, will, TLS.
-    pub fn options(&self) -> MqttOptions {
-        let mut o = self.bare_options(self.fill(&self.m().client_id, ""));
-        o.set_last_will(LastWill::new(
-            self.fill(&self.m().status_topic, ""),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-            None,
-        ));
-        o
+    /// The signing scheme's headers of an event sent at Unix second `timestamp`, which go out
+    /// as user properties after `edgehook-device-id`.
+    fn signature(&self, id: &str, timestamp: u64, body: &[u8]) -> Vec<(&'static str, String)> {
+        self.spec.signer.headers(id, timestamp, body)
     }
 
-    /// Options without a will, under `client_id`.
-    fn bare_options(&self, client_id: String) -> MqttOptions {
-        let m = self.m();
-        let mut o = MqttOptions::new(client_id, m.host.clone(), m.port);
-        o.set_keep_alive(m.keep_alive.max(Duration::from_secs(5)));
-        o.set_clean_start(true);
-        o.set_connection_timeout(self.spec.timeout.as_secs().max(1));
-        let mut network = o.network_options();
-        network.set_tcp_nodelay(true);
-        o.set_network_options(network);
-        if let Some(user) = &m.username {
-            o.set_credentials(user.clone(), m.password.clone().unwrap_or_default());
-        }
-        if let Some(tls) = &self.tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.clone(),
-            )));
-        }
-        o
+    /// The user properties of a publish: `edgehook-device-id`, then the signature's.
+    fn user_properties<'a>(
+        &'a self,
+        signature: &'a [(&'static str, String)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut user = Vec::with_capacity(1 + signature.len());
+        user.push(("edgehook-device-id", self.device_id.as_str()));
+        user.extend(signature.iter().map(|(k, v)| (*k, v.as_str())));
+        user
     }
+}
 
-    /// The publish properties of an event sent at Unix second `timestamp`: content type and the
-    /// signing scheme's headers as user properties, beside `edgehook-device-id`.
-    pub fn properties(&self, id: &str, timestamp: u64, body: &[u8]) -> PublishProperties {
-        let mut user: Vec<(String, String)> =
-            vec![("edgehook-device-id".into(), self.device_id.clone())];
-        user.extend(
-            self.spec
-                .signer
-                .headers(id, timestamp, body)
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v)),
-        );
-        PublishProperties {
-            content_type: Some("application/json".into()),
-            payload_format_indicator: Some(1),
-            user_properties: user,
-            ..Default::default()
-        }
-    }
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |t| t.as_secs())
 }
 
 impl MqttSink {
@@ -141,46 +102,35 @@ impl MqttSink {
         event_type: &str,
         body: &[u8],
     ) -> (super::Attempt, Vec<(String, String)>) {
-        let ts = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |t| t.as_secs());
-        let props = self.properties(id, ts, body);
-        let sent = props.user_properties.clone();
+        let signature = self.signature(id, unix_now(), body);
+        let user = self.user_properties(&signature);
+        let sent = user
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let started = Instant::now();
-        let outcome = match tokio::runtime::Builder::new_current_thread()
+        let (status, outcome) = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
             Ok(rt) => rt.block_on(async {
                 tokio::time::timeout(
                     self.spec.timeout,
-                    self.publish_and_wait(event_type, body, props),
+                    self.publish_and_wait(event_type, body, &user),
                 )
                 .await
                 .unwrap_or_else(|_| {
-                    (
-                        None,
-                        super::Outcome::Transient {
-                            error: format!(
-                                "timed out after {}",
-                                humantime::format_duration(self.spec.timeout)
-                            ),
-                            retry_after: None,
-                        },
-                    )
+                    lost(format!(
+                        "timed out after {}",
+                        humantime::format_duration(self.spec.timeout)
+                    ))
                 })
             }),
-            Err(e) => (
-                None,
-                super::Outcome::Transient {
-                    error: format!("cannot start a runtime: {e}"),
-                    retry_after: None,
-                },
-            ),
+            Err(e) => lost(format!("cannot start a runtime: {e}")),
         };
         let attempt = super::Attempt {
-            outcome: outcome.1,
-            status: outcome.0,
+            outcome,
+            status,
             latency: started.elapsed(),
         };
         (attempt, sent)
@@ -190,83 +140,383 @@ impl MqttSink {
         &self,
         event_type: &str,
         body: &[u8],
-        props: PublishProperties,
+        user: &[(&str, &str)],
     ) -> (Option<u16>, super::Outcome) {
-        let lost = |error: String| {
-            (
-                None,
-                super::Outcome::Transient {
-                    error,
-                    retry_after: None,
-                },
-            )
-        };
         // Its own client id, so the running daemon's connection is not taken over; no will,
         // so the device is not announced offline.
-        let id = format!("{}-test", self.fill(&self.m().client_id, ""));
-        let (client, mut events) = AsyncClient::new(self.bare_options(id), 8);
-        if let Err(e) = connected(&mut events, self.spec.timeout).await {
+        let client_id = format!("{}-test", self.fill(&self.m().client_id, ""));
+        let mut conn = match Conn::open(self, &client_id, false).await {
+            Ok(c) => c,
+            Err(e) => return lost(e),
+        };
+        if let Err(e) = conn.takes_qos(self.m().qos) {
             return lost(e);
         }
         let topic = self.fill(&self.m().topic, event_type);
-        if let Err(e) = client
-            .publish_with_properties(topic, self.qos(), false, body.to_vec(), props)
-            .await
-        {
-            return lost(format!("cannot publish: {e}"));
-        }
-        let refused = |code: u16, name: String| {
-            (
-                Some(code),
+        let publish = wire::Publish {
+            topic: &topic,
+            qos: self.m().qos,
+            retain: false,
+            pkid: 1,
+            content_type: Some(CONTENT_TYPE),
+            user,
+            payload: body,
+        };
+        if let Err((code, name)) = conn.encode(&publish) {
+            return (
+                Some(code.into()),
                 super::Outcome::Permanent {
                     error: format!("MQTT reason {name}"),
                 },
-            )
-        };
+            );
+        }
         let result = loop {
-            match events.poll().await {
-                Err(e) => break lost(describe(&e)),
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    break match ack.reason {
-                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
-                            (Some(ack_code(&ack.reason)), super::Outcome::Delivered)
+            if let Err(e) = conn.send().await {
+                break lost(e);
+            }
+            let packet = loop {
+                match conn.next() {
+                    Ok(Some(p)) => break Ok(p),
+                    Ok(None) => {
+                        if let Err(e) = conn.receive().await {
+                            break Err(e);
                         }
-                        r => refused(ack_code(&r), format!("{r:?}")),
-                    };
+                    }
+                    Err(e) => break Err(e),
                 }
-                Ok(Event::Incoming(Packet::PubRec(rec)))
-                    if !matches!(
-                        rec.reason,
-                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                    ) =>
-                {
-                    break refused(rec_code(&rec.reason), format!("{:?}", rec.reason));
+            };
+            let refused = |code: u8| {
+                (
+                    Some(u16::from(code)),
+                    super::Outcome::Permanent {
+                        error: format!("MQTT reason {}", wire::reason_name(code)),
+                    },
+                )
+            };
+            match packet {
+                Err(e) => break lost(e),
+                Ok(Incoming::PubAck { pkid: 1, reason }) if reason < 0x80 => {
+                    break (Some(reason.into()), super::Outcome::Delivered);
                 }
-                Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                    break if comp.reason == PubCompReason::Success {
-                        (Some(0), super::Outcome::Delivered)
-                    } else {
-                        refused(146, format!("{:?}", comp.reason))
-                    };
+                Ok(Incoming::PubRec { pkid: 1, reason }) if reason < 0x80 => {
+                    wire::pubrel(&mut conn.out, 1);
                 }
+                Ok(Incoming::PubComp { pkid: 1, reason: 0 }) => {
+                    break (Some(0), super::Outcome::Delivered);
+                }
+                Ok(
+                    Incoming::PubAck { pkid: 1, reason }
+                    | Incoming::PubRec { pkid: 1, reason }
+                    | Incoming::PubComp { pkid: 1, reason },
+                ) => break refused(reason),
+                Ok(Incoming::Disconnect {
+                    reason,
+                    reason_string,
+                }) => break lost(disconnected(reason, reason_string.as_deref())),
                 Ok(_) => {}
             }
         };
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_millis(500), events.poll()).await;
+        conn.close().await;
         result
     }
 }
 
-/// What the n-th `Outgoing::Publish` belongs to.
-enum Expect {
-    Presence,
-    Event(i64),
+/// A transient outcome without an answer.
+fn lost(error: String) -> (Option<u16>, super::Outcome) {
+    (
+        None,
+        super::Outcome::Transient {
+            error,
+            retry_after: None,
+        },
+    )
 }
 
+/// A byte stream to the broker: TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// One connection to the broker, with what its CONNACK allows.
+struct Conn {
+    io: Box<dyn Stream>,
+    /// Bytes read; those before `used` are decoded.
+    read: Vec<u8>,
+    used: usize,
+    /// Packets waiting to be written.
+    out: Vec<u8>,
+    /// How long a write, a ping's answer or an acknowledgement may take.
+    timeout: Duration,
+    /// A PINGREQ goes after this long without sending anything; zero for never.
+    keep_alive: Duration,
+    /// How many QoS 1 and 2 publishes the broker takes unacknowledged.
+    receive_maximum: usize,
+    maximum_qos: u8,
+    retain_available: bool,
+    maximum_packet_size: usize,
+    last_sent: tokio::time::Instant,
+    ping_sent: Option<tokio::time::Instant>,
+}
+
+impl Conn {
+    /// Connects, sends CONNECT (with the will when `will`) and waits for the broker's CONNACK,
+    /// all within the sink's timeout.
+    async fn open(sink: &MqttSink, client_id: &str, will: bool) -> Result<Conn, String> {
+        let timeout = sink.spec.timeout.max(Duration::from_secs(1));
+        tokio::time::timeout(timeout, Self::open_now(sink, client_id, will, timeout))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "timed out: the broker did not answer the connection within {} (no CONNACK)",
+                    humantime::format_duration(timeout)
+                ))
+            })
+    }
+
+    async fn open_now(
+        sink: &MqttSink,
+        client_id: &str,
+        will: bool,
+        timeout: Duration,
+    ) -> Result<Conn, String> {
+        let m = sink.m();
+        let tcp = TcpStream::connect((m.host.as_str(), m.port))
+            .await
+            .map_err(|e| format!("connection failed: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Stream> = match &sink.tls {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(m.host.clone())
+                    .map_err(|e| format!("TLS failed: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS failed: {e}"))?;
+                Box::new(tls)
+            }
+            None => Box::new(tcp),
+        };
+        let keep_alive = m.keep_alive.max(Duration::from_secs(5));
+        let mut conn = Conn {
+            io,
+            read: Vec::with_capacity(16 * 1024),
+            used: 0,
+            out: Vec::with_capacity(16 * 1024),
+            timeout,
+            keep_alive,
+            receive_maximum: usize::from(u16::MAX),
+            maximum_qos: 2,
+            retain_available: true,
+            maximum_packet_size: wire::MAX_PACKET,
+            last_sent: tokio::time::Instant::now(),
+            ping_sent: None,
+        };
+        let status = sink.fill(&m.status_topic, "");
+        wire::connect(
+            &mut conn.out,
+            &wire::Connect {
+                client_id,
+                keep_alive: keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
+                username: m.username.as_deref(),
+                password: m.password.as_deref().map(str::as_bytes),
+                will: will.then_some(wire::Will {
+                    topic: &status,
+                    payload: b"offline",
+                    qos: 1,
+                    retain: true,
+                }),
+            },
+        )
+        .map_err(|e| format!("cannot connect: {e}"))?;
+        conn.send().await?;
+        let ack = loop {
+            match conn.next()? {
+                Some(Incoming::ConnAck(ack)) => break ack,
+                Some(other) => {
+                    return Err(format!(
+                        "the broker answered the connection with {other:?}, not CONNACK"
+                    ));
+                }
+                None => conn.receive().await?,
+            }
+        };
+        if ack.reason >= 0x80 {
+            return Err(connection_refused(ack.reason, ack.reason_string.as_deref()));
+        }
+        if let Some(secs) = ack.server_keep_alive {
+            conn.keep_alive = Duration::from_secs(secs.into());
+        }
+        conn.receive_maximum = ack.receive_maximum.into();
+        conn.maximum_qos = ack.maximum_qos;
+        conn.retain_available = ack.retain_available;
+        if let Some(max) = ack.maximum_packet_size {
+            conn.maximum_packet_size = max as usize;
+        }
+        Ok(conn)
+    }
+
+    /// Refuses a QoS the broker does not take (publishing with it would be a protocol error).
+    fn takes_qos(&self, qos: u8) -> Result<(), String> {
+        if self.maximum_qos >= qos {
+            Ok(())
+        } else {
+            Err(format!(
+                "the broker takes QoS up to {} and this sink publishes with QoS {qos}",
+                self.maximum_qos
+            ))
+        }
+    }
+
+    /// Appends a publish to what goes out next, or says why the broker cannot take it: the
+    /// reason code the broker would answer and its name.
+    fn encode(&mut self, p: &wire::Publish<'_>) -> Result<(), (u8, String)> {
+        let len = wire::publish_len(p);
+        if len > self.maximum_packet_size {
+            return Err((
+                0x95,
+                format!(
+                    "PacketTooLarge ({len} bytes; the broker takes up to {})",
+                    self.maximum_packet_size
+                ),
+            ));
+        }
+        wire::publish(&mut self.out, p)
+            .map_err(|e| (0x83, format!("ImplementationSpecificError ({e})")))
+    }
+
+    /// Writes what waits to go out, within the timeout.
+    async fn send(&mut self) -> Result<(), String> {
+        let write = async {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("connection lost: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "timed out: the broker took nothing for {}",
+                    humantime::format_duration(self.timeout)
+                ));
+            }
+        }
+        self.out.clear();
+        self.last_sent = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// Reads what the broker sent (cancel-safe: nothing is lost when another branch of a
+    /// `select!` wins).
+    async fn receive(&mut self) -> Result<(), String> {
+        if self.used > 0 {
+            self.read.drain(..self.used);
+            self.used = 0;
+        }
+        self.read.reserve(8 * 1024);
+        match self.io.read_buf(&mut self.read).await {
+            Ok(0) => Err("the broker closed the connection".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("connection lost: {e}")),
+        }
+    }
+
+    /// The next whole packet read, if any. Any packet shows the broker is there.
+    fn next(&mut self) -> Result<Option<Incoming>, String> {
+        match wire::decode(&self.read[self.used..]) {
+            Ok(Some((packet, len))) => {
+                self.used += len;
+                self.ping_sent = None;
+                Ok(Some(packet))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("the broker broke the protocol: {e}")),
+        }
+    }
+
+    /// When the connection next needs looking after: a ping to send, or an answer overdue.
+    fn due(&self, oldest_unacknowledged: Option<Instant>) -> Option<tokio::time::Instant> {
+        let ping = match self.ping_sent {
+            Some(at) => Some(at + self.timeout),
+            None if !self.keep_alive.is_zero() => Some(self.last_sent + self.keep_alive),
+            None => None,
+        };
+        let ack = oldest_unacknowledged.map(|at| tokio::time::Instant::from_std(at) + self.timeout);
+        match (ping, ack) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends a ping when one is due; fails when the broker left a ping or a publish
+    /// unanswered for the timeout.
+    fn look_after(&mut self, oldest_unacknowledged: Option<Instant>) -> Result<(), String> {
+        let now = tokio::time::Instant::now();
+        let overdue = |what: &str| {
+            format!(
+                "timed out: the broker answered no {what} for {}",
+                humantime::format_duration(self.timeout)
+            )
+        };
+        if self.ping_sent.is_some_and(|at| now >= at + self.timeout) {
+            return Err(overdue("ping"));
+        }
+        if oldest_unacknowledged.is_some_and(|at| at.elapsed() >= self.timeout) {
+            return Err(overdue("publish"));
+        }
+        if self.ping_sent.is_none()
+            && !self.keep_alive.is_zero()
+            && now >= self.last_sent + self.keep_alive
+        {
+            wire::pingreq(&mut self.out);
+            self.ping_sent = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Says goodbye (DISCONNECT, so the broker does not publish the will) and closes.
+    async fn close(mut self) {
+        wire::disconnect(&mut self.out);
+        self.timeout = self.timeout.min(Duration::from_millis(500));
+        if self.send().await.is_ok() {
+            let _ = tokio::time::timeout(self.timeout, self.io.shutdown()).await;
+        }
+    }
+}
+
+/// Why the broker refused a connection, for logs and `status`.
+fn connection_refused(code: u8, says: Option<&str>) -> String {
+    let why = match code {
+        0x86 => "bad user name or password",
+        0x87 => "not authorized",
+        0x85 => "client id refused",
+        0x8A => "banned",
+        0x88 | 0x89 => "the broker is unavailable or busy",
+        _ => "",
+    };
+    let name = wire::reason_name(code);
+    let mut s = if why.is_empty() {
+        format!("the broker refused the connection ({name})")
+    } else {
+        format!("the broker refused the connection: {why} ({name})")
+    };
+    if let Some(says) = says {
+        s.push_str(&format!("; it says {says:?}"));
+    }
+    s
+}
+
+/// Why the broker closed the connection.
+fn disconnected(code: u8, says: Option<&str>) -> String {
+    let mut s = format!("the broker disconnected ({})", wire::reason_name(code));
+    if let Some(says) = says {
+        s.push_str(&format!("; it says {says:?}"));
+    }
+    s
+}
+
+/// An event published and not yet acknowledged.
 struct InFlight {
     delivery: Delivery,
-    pkid: Option<u16>,
+    pkid: u16,
     sent: Instant,
 }
 
@@ -295,146 +545,200 @@ async fn connect_loop(s: &Shared, sink: &MqttSink) {
     let spec = &s.spec;
     let mut failures = 0u32;
     let mut rng = rand::rng();
+    let client_id = sink.fill(&sink.m().client_id, "");
     while !s.stopping.load(Ordering::SeqCst) {
         let seen = s.control.generation();
-        let (client, mut events) = AsyncClient::new(sink.options(), spec.max_in_flight * 2 + 8);
-        let end = match connected(&mut events, spec.timeout).await {
-            Ok(()) => {
+        let end = match Conn::open(sink, &client_id, true).await {
+            Ok(mut conn) => {
                 if failures > 0 {
                     log::info!(sink = spec.name.as_str(); "Sink {} connected to the broker again", spec.name);
                 }
                 failures = 0;
-                session(s, sink, &client, &mut events).await
+                let end = Session::new(s, sink).run(&mut conn).await;
+                if let End::Stop = end {
+                    conn.close().await;
+                }
+                end
             }
             Err(e) => End::Lost(e),
         };
-        match end {
-            End::Stop => {
-                let _ = tokio::time::timeout(Duration::from_millis(500), async {
-                    let _ = client.disconnect().await;
-                    while let Ok(Event::Outgoing(o)) = events.poll().await {
-                        if matches!(o, Outgoing::Disconnect) {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                return;
-            }
-            End::Lost(error) => {
-                failures += 1;
-                let wait =
-                    backoff::full_jitter(spec.retry_initial, spec.retry_max, failures, &mut rng);
-                log::warn!(sink = spec.name.as_str(), retry_in_ms = wait.as_millis() as u64;
-                    "Sink {}: {error}; reconnecting in {} ms", spec.name, wait.as_millis());
-                s.outbox
-                    .report(Report::Trouble {
-                        sink: s.id,
-                        at_ms: now_ms(),
-                        error,
-                    })
-                    .await;
-                drop(client);
-                drop(events);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = s.control.changed(seen) => {}
-                }
-            }
+        let End::Lost(error) = end else { return };
+        failures += 1;
+        let wait = backoff::full_jitter(spec.retry_initial, spec.retry_max, failures, &mut rng);
+        log::warn!(sink = spec.name.as_str(), retry_in_ms = wait.as_millis() as u64;
+            "Sink {}: {error}; reconnecting in {} ms", spec.name, wait.as_millis());
+        s.outbox
+            .report(Report::Trouble {
+                sink: s.id,
+                at_ms: now_ms(),
+                error,
+            })
+            .await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = s.control.changed(seen) => {}
         }
     }
 }
 
-/// Polls until the broker's CONNACK, or says why not.
-async fn connected(events: &mut EventLoop, timeout: Duration) -> Result<(), String> {
-    let wait = async {
+/// One connection's deliveries: up to the window in flight, in outbox order.
+struct Session<'a> {
+    s: &'a Shared,
+    sink: &'a MqttSink,
+    /// Read from the outbox, not yet published.
+    queued: VecDeque<Delivery>,
+    in_flight: VecDeque<InFlight>,
+    /// The presence message's packet id while it is unacknowledged.
+    presence: Option<u16>,
+    next_pkid: u16,
+    /// Acknowledged, to be reported together.
+    done: Vec<(i64, Measured)>,
+    /// After a refusal: publish nothing before then.
+    hold_until: Option<tokio::time::Instant>,
+    failures_in_row: u32,
+    rng: rand::rngs::ThreadRng,
+}
+
+impl<'a> Session<'a> {
+    fn new(s: &'a Shared, sink: &'a MqttSink) -> Self {
+        Session {
+            s,
+            sink,
+            queued: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            presence: None,
+            next_pkid: 1,
+            done: Vec::new(),
+            hold_until: None,
+            failures_in_row: 0,
+            rng: rand::rng(),
+        }
+    }
+
+    /// A packet identifier no unacknowledged publish holds.
+    fn pkid(&mut self) -> u16 {
         loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(describe(&e)),
+            let id = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if self.presence != Some(id) && !self.in_flight.iter().any(|f| f.pkid == id) {
+                return id;
             }
         }
-    };
-    tokio::time::timeout(timeout + Duration::from_secs(1), wait)
-        .await
-        .unwrap_or_else(|_| Err("the broker did not answer the connection in time".into()))
-}
+    }
 
-fn describe(e: &ConnectionError) -> String {
-    match e {
-        ConnectionError::ConnectionRefused(code) => {
-            let why = match code {
-                ConnectReturnCode::BadUserNamePassword => "bad user name or password",
-                ConnectReturnCode::NotAuthorized => "not authorized",
-                ConnectReturnCode::BadClientId | ConnectReturnCode::ClientIdentifierNotValid => {
-                    "client id refused"
+    /// Publishes presence, then keeps up to `max_in_flight` events in flight in outbox order
+    /// until the connection ends or the sink stops.
+    async fn run(&mut self, conn: &mut Conn) -> End {
+        let s = self.s;
+        let spec = &s.spec;
+        let qos = self.sink.m().qos;
+        if let Err(e) = conn.takes_qos(qos.max(1)) {
+            return End::Lost(e);
+        }
+        let window = spec.max_in_flight.clamp(1, conn.receive_maximum);
+        let mut cursor = 0i64;
+        let mut exhausted = false;
+        // The answer to a fetch asked ahead, and the queue's generation when it was asked (so
+        // that work arriving after an empty answer is not missed).
+        let mut asked = None;
+        let mut work_seen = s.work.generation();
+        let status_topic = self.sink.fill(&self.sink.m().status_topic, "");
+        let pkid = self.pkid();
+        let presence = wire::Publish {
+            topic: &status_topic,
+            qos: 1,
+            // A broker without retained messages takes it plain.
+            retain: conn.retain_available,
+            pkid,
+            content_type: None,
+            user: &[],
+            payload: b"online",
+        };
+        if let Err((_, why)) = conn.encode(&presence) {
+            return End::Lost(format!("cannot publish presence: {why}"));
+        }
+        self.presence = Some(pkid);
+        s.outbox
+            .report(Report::State {
+                sink: s.id,
+                state: SinkState::Active,
+            })
+            .await;
+        loop {
+            if s.stopping.load(Ordering::SeqCst) {
+                return End::Stop;
+            }
+            let control_seen = s.control.generation();
+            let held = self
+                .hold_until
+                .is_some_and(|t| t > tokio::time::Instant::now());
+            // Read ahead while the window still has work, so it never waits for the outbox.
+            if asked.is_none() && !exhausted && self.queued.len() <= READ_AHEAD_LOW {
+                work_seen = s.work.generation();
+                match s.outbox.ask_fetch(s.id, cursor, FETCH).await {
+                    Ok(answer) => asked = Some(Box::pin(answer)),
+                    Err(e) => return End::Lost(format!("cannot read the queue: {e}")),
                 }
-                _ => "",
-            };
-            if why.is_empty() {
-                format!("the broker refused the connection ({code:?})")
-            } else {
-                format!("the broker refused the connection: {why} ({code:?})")
+            }
+            if !held {
+                self.fill_window(conn, window).await;
+            }
+            if !conn.out.is_empty() {
+                if let Err(e) = conn.send().await {
+                    return End::Lost(e);
+                }
+            }
+            let oldest = self.in_flight.front().map(|f| f.sent);
+            let due = conn.due(oldest);
+            tokio::select! {
+                read = conn.receive() => {
+                    let handled = match read {
+                        Ok(()) => self.handle_packets(conn).await,
+                        Err(e) => Err(e),
+                    };
+                    self.report_done().await;
+                    if let Err(e) = handled {
+                        return End::Lost(e);
+                    }
+                }
+                answer = async { asked.as_mut().expect("a fetch was asked").await }, if asked.is_some() => {
+                    asked = None;
+                    match answer {
+                        Ok(batch) => {
+                            exhausted = batch.is_empty();
+                            if let Some(last) = batch.last() {
+                                cursor = last.seq;
+                            }
+                            self.queued.extend(batch);
+                        }
+                        Err(e) => return End::Lost(format!("cannot read the queue: {e}")),
+                    }
+                }
+                _ = s.work.changed(work_seen), if exhausted && asked.is_none() => {
+                    exhausted = false;
+                }
+                _ = s.control.changed(control_seen) => {}
+                _ = tokio::time::sleep_until(self.hold_until.unwrap_or_else(tokio::time::Instant::now)), if held => {
+                    self.hold_until = None;
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    if let Err(e) = conn.look_after(oldest) {
+                        return End::Lost(e);
+                    }
+                }
             }
         }
-        ConnectionError::Io(io) => format!("connection failed: {io}"),
-        ConnectionError::Tls(t) => format!("TLS failed: {t}"),
-        ConnectionError::Timeout(_) => "timed out".into(),
-        other => format!("connection lost: {other}"),
     }
-}
 
-/// One connection: publish presence, then keep up to `max_in_flight` events in flight in
-/// outbox order until the connection ends or the sink stops.
-async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut EventLoop) -> End {
-    let spec = &s.spec;
-    let m = sink.m();
-    let mut expect: VecDeque<Expect> = VecDeque::new();
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut queued: VecDeque<Delivery> = VecDeque::new();
-    let mut cursor = 0i64;
-    let mut exhausted = false;
-    // The answer to a fetch asked ahead, and the queue's generation when it was asked (so
-    // that work arriving after an empty answer is not missed).
-    let mut asked = None;
-    let mut work_seen = s.work.generation();
-    let mut hold_until: Option<tokio::time::Instant> = None;
-    let mut failures_in_row = 0u32;
-    let mut rng = rand::rng();
-    let presence = client.publish(
-        sink.fill(&m.status_topic, ""),
-        QoS::AtLeastOnce,
-        true,
-        "online",
-    );
-    if let Err(e) = presence.await {
-        return End::Lost(format!("cannot publish presence: {e}"));
-    }
-    expect.push_back(Expect::Presence);
-    s.outbox
-        .report(Report::State {
-            sink: s.id,
-            state: SinkState::Active,
-        })
-        .await;
-    loop {
-        if s.stopping.load(Ordering::SeqCst) {
-            return End::Stop;
-        }
-        let control_seen = s.control.generation();
-        let held = hold_until.is_some_and(|t| t > tokio::time::Instant::now());
-        // Read ahead while the window still has work, so it never waits for the outbox.
-        if asked.is_none() && !exhausted && queued.len() <= READ_AHEAD_LOW {
-            work_seen = s.work.generation();
-            match s.outbox.ask_fetch(s.id, cursor, FETCH).await {
-                Ok(answer) => asked = Some(Box::pin(answer)),
-                Err(e) => return End::Lost(format!("cannot read the queue: {e}")),
-            }
-        }
-        // Fill the window, in outbox order.
-        while !held && in_flight.len() < spec.max_in_flight {
-            let Some(d) = queued.pop_front() else { break };
+    /// Publishes queued deliveries, in outbox order, while the window has room; what expired
+    /// becomes a dead letter instead.
+    async fn fill_window(&mut self, conn: &mut Conn, window: usize) {
+        let s = self.s;
+        let m = self.sink.m();
+        while self.in_flight.len() + usize::from(self.presence.is_some()) < window {
+            let Some(d) = self.queued.pop_front() else {
+                break;
+            };
             if s.max_age_ms > 0 && clock::age_now_ms() - d.created_ms > s.max_age_ms {
                 let report = Report::Dead {
                     sink: s.id,
@@ -447,189 +751,157 @@ async fn session(s: &Shared, sink: &MqttSink, client: &AsyncClient, events: &mut
                 s.outbox.report(report).await;
                 continue;
             }
-            let ts = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |t| t.as_secs());
-            let topic = sink.fill(&m.topic, &d.event_type);
-            let props = sink.properties(&d.id, ts, &d.body);
-            if let Err(e) = client
-                .publish_with_properties(topic, sink.qos(), false, d.body.to_vec(), props)
-                .await
-            {
-                return End::Lost(format!("cannot publish: {e}"));
-            }
-            expect.push_back(Expect::Event(d.seq));
-            in_flight.push_back(InFlight {
-                delivery: d,
-                pkid: None,
-                sent: Instant::now(),
+            let topic = self.sink.fill(&m.topic, &d.event_type);
+            let signature = self.sink.signature(&d.id, unix_now(), &d.body);
+            let user = self.sink.user_properties(&signature);
+            let pkid = self.pkid();
+            let encoded = conn.encode(&wire::Publish {
+                topic: &topic,
+                qos: m.qos,
+                retain: false,
+                pkid,
+                content_type: Some(CONTENT_TYPE),
+                user: &user,
+                payload: &d.body,
             });
+            match encoded {
+                Ok(()) => self.in_flight.push_back(InFlight {
+                    delivery: d,
+                    pkid,
+                    sent: Instant::now(),
+                }),
+                // What the broker would refuse is refused here, as if it had answered.
+                Err((code, name)) => {
+                    self.refused(d, code, name, 0).await;
+                    if self.hold_until.is_some() {
+                        break;
+                    }
+                }
+            }
         }
-        let event = tokio::select! {
-            e = events.poll() => e,
-            answer = async { asked.as_mut().expect("a fetch was asked").await }, if asked.is_some() => {
-                asked = None;
-                match answer {
-                    Ok(batch) => {
-                        exhausted = batch.is_empty();
-                        if let Some(last) = batch.last() {
-                            cursor = last.seq;
-                        }
-                        queued.extend(batch);
-                    }
-                    Err(e) => return End::Lost(format!("cannot read the queue: {e}")),
-                }
-                continue;
-            }
-            _ = s.work.changed(work_seen), if exhausted && asked.is_none() => {
-                exhausted = false;
-                continue;
-            }
-            _ = s.control.changed(control_seen) => continue,
-            _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)), if held => {
-                hold_until = None;
-                continue;
-            }
-        };
-        let (pkid, refused) = match event {
-            Err(e) => return End::Lost(describe(&e)),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                if let Some(Expect::Event(seq)) = expect.pop_front() {
-                    if let Some(f) = in_flight.iter_mut().find(|f| f.delivery.seq == seq) {
-                        f.pkid = Some(pkid);
-                    }
-                }
-                continue;
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) if sink.qos() == QoS::AtLeastOnce => {
-                let ok = matches!(
-                    ack.reason,
-                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                );
-                (
-                    ack.pkid,
-                    (!ok).then(|| (ack_code(&ack.reason), format!("{:?}", ack.reason))),
-                )
-            }
-            Ok(Event::Incoming(Packet::PubRec(rec))) => {
-                if matches!(
-                    rec.reason,
-                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                ) {
+    }
+
+    /// Handles every whole packet read: acknowledgements are gathered in `done`, QoS 2
+    /// receipts answered with PUBREL, refusals reported.
+    async fn handle_packets(&mut self, conn: &mut Conn) -> Result<(), String> {
+        let qos = self.sink.m().qos;
+        while let Some(packet) = conn.next()? {
+            let (pkid, reason) = match packet {
+                Incoming::PubAck { pkid, reason } if self.presence == Some(pkid) => {
+                    let _ = reason; // a refused presence message is not worth the connection
+                    self.presence = None;
                     continue;
                 }
-                (
-                    rec.pkid,
-                    Some((rec_code(&rec.reason), format!("{:?}", rec.reason))),
-                )
-            }
-            Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                let ok = comp.reason == PubCompReason::Success;
-                (
-                    comp.pkid,
-                    (!ok).then(|| (146, format!("{:?}", comp.reason))),
-                )
-            }
-            Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                return End::Lost(format!("the broker disconnected ({:?})", d.reason_code));
-            }
-            Ok(_) => continue,
-        };
-        let Some(i) = in_flight.iter().position(|f| f.pkid == Some(pkid)) else {
-            continue; // the presence message
-        };
-        let f = in_flight.remove(i).expect("the position is valid");
-        let d = f.delivery;
-        let latency_ms = f.sent.elapsed().as_millis() as u64;
-        let measured = Measured {
-            code: Some(refused.as_ref().map_or(0, |(code, _)| *code)),
-            latency_ms,
-        };
-        match refused.map(|(_, name)| name) {
-            None => {
-                failures_in_row = 0;
-                log::debug!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), latency_ms = latency_ms;
-                    "Delivered event {} to sink {}", d.id, spec.name);
-                s.outbox
-                    .report(Report::Delivered {
-                        sink: s.id,
-                        seq: d.seq,
-                        at_ms: now_ms(),
-                        measured,
-                    })
+                Incoming::PubAck { pkid, reason } if qos == 1 => (pkid, reason),
+                Incoming::PubRec { pkid, reason } if qos == 2 => {
+                    if reason < 0x80 {
+                        wire::pubrel(&mut conn.out, pkid);
+                        continue;
+                    }
+                    (pkid, reason)
+                }
+                Incoming::PubComp { pkid, reason } if qos == 2 => (pkid, reason),
+                Incoming::PingResp => continue,
+                Incoming::Disconnect {
+                    reason,
+                    reason_string,
+                } => return Err(disconnected(reason, reason_string.as_deref())),
+                Incoming::Other(3) => continue, // a publish: edgehook subscribes to nothing
+                Incoming::Other(15) => {
+                    return Err("the broker asked for enhanced authentication (AUTH), which edgehook does not do".into());
+                }
+                other => return Err(format!("the broker sent an unexpected {other:?}")),
+            };
+            // The broker acknowledges mostly in order: look at the front first.
+            let at = if self.in_flight.front().is_some_and(|f| f.pkid == pkid) {
+                Some(0)
+            } else {
+                self.in_flight.iter().position(|f| f.pkid == pkid)
+            };
+            let Some(f) = at.and_then(|i| self.in_flight.remove(i)) else {
+                continue; // nothing of ours: a broker's mistake costs it nothing
+            };
+            let latency_ms = f.sent.elapsed().as_millis() as u64;
+            let d = f.delivery;
+            if reason < 0x80 {
+                self.failures_in_row = 0;
+                log::debug!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = self.s.spec.name.as_str(), latency_ms = latency_ms;
+                    "Delivered event {} to sink {}", d.id, self.s.spec.name);
+                let measured = Measured {
+                    code: Some(reason.into()),
+                    latency_ms,
+                };
+                self.done.push((d.seq, measured));
+            } else {
+                self.report_done().await;
+                self.refused(d, reason, wire::reason_name(reason), latency_ms)
                     .await;
             }
-            Some(reason) => {
-                let attempts = d.attempts + 1;
-                let error = format!("MQTT reason {reason}");
-                if attempts >= spec.max_attempts {
-                    log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts;
-                        "The broker of sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
-                    let reason = format!("rejected: {error}");
-                    s.outbox
-                        .report(Report::Dead {
-                            sink: s.id,
-                            seq: d.seq,
-                            at_ms: now_ms(),
-                            reason,
-                            attempts,
-                            measured: Some(measured),
-                        })
-                        .await;
-                } else {
-                    failures_in_row += 1;
-                    let wait = backoff::full_jitter(
-                        spec.retry_initial,
-                        spec.retry_max,
-                        failures_in_row,
-                        &mut rng,
-                    );
-                    log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = wait.as_millis() as u64;
-                        "The broker of sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
-                    s.outbox
-                        .report(Report::Failed {
-                            sink: s.id,
-                            seq: d.seq,
-                            at_ms: now_ms(),
-                            error,
-                            state: SinkState::BackingOff,
-                            measured,
-                        })
-                        .await;
-                    queued.push_front(Delivery { attempts, ..d });
-                    hold_until = Some(tokio::time::Instant::now() + wait);
-                }
-            }
+        }
+        Ok(())
+    }
+
+    /// Reports what was acknowledged since the last report, together.
+    async fn report_done(&mut self) {
+        for (seq, measured) in self.done.drain(..) {
+            self.s
+                .outbox
+                .report(Report::Delivered {
+                    sink: self.s.id,
+                    seq,
+                    at_ms: now_ms(),
+                    measured,
+                })
+                .await;
         }
     }
-}
 
-/// The v5 reason code of a PUBACK reason (section 3.4.2.1 of MQTT 5).
-fn ack_code(r: &PubAckReason) -> u16 {
-    match r {
-        PubAckReason::Success => 0,
-        PubAckReason::NoMatchingSubscribers => 16,
-        PubAckReason::UnspecifiedError => 128,
-        PubAckReason::ImplementationSpecificError => 131,
-        PubAckReason::NotAuthorized => 135,
-        PubAckReason::TopicNameInvalid => 144,
-        PubAckReason::PacketIdentifierInUse => 145,
-        PubAckReason::QuotaExceeded => 151,
-        PubAckReason::PayloadFormatInvalid => 153,
-    }
-}
-
-/// The v5 reason code of a PUBREC reason (the same codes as PUBACK).
-fn rec_code(r: &PubRecReason) -> u16 {
-    match r {
-        PubRecReason::Success => 0,
-        PubRecReason::NoMatchingSubscribers => 16,
-        PubRecReason::UnspecifiedError => 128,
-        PubRecReason::ImplementationSpecificError => 131,
-        PubRecReason::NotAuthorized => 135,
-        PubRecReason::TopicNameInvalid => 144,
-        PubRecReason::PacketIdentifierInUse => 145,
-        PubRecReason::QuotaExceeded => 151,
-        PubRecReason::PayloadFormatInvalid => 153,
+    /// A delivery the broker refused (reason `code`, named `name`): a dead letter after
+    /// `max_attempts`, else back at the front of the queue after a backoff.
+    async fn refused(&mut self, d: Delivery, code: u8, name: String, latency_ms: u64) {
+        let s = self.s;
+        let spec = &s.spec;
+        let measured = Measured {
+            code: Some(code.into()),
+            latency_ms,
+        };
+        let attempts = d.attempts + 1;
+        let error = format!("MQTT reason {name}");
+        if attempts >= spec.max_attempts {
+            log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts;
+                "The broker of sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
+            s.outbox
+                .report(Report::Dead {
+                    sink: s.id,
+                    seq: d.seq,
+                    at_ms: now_ms(),
+                    reason: format!("rejected: {error}"),
+                    attempts,
+                    measured: Some(measured),
+                })
+                .await;
+            return;
+        }
+        self.failures_in_row += 1;
+        let wait = backoff::full_jitter(
+            spec.retry_initial,
+            spec.retry_max,
+            self.failures_in_row,
+            &mut self.rng,
+        );
+        log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = wait.as_millis() as u64;
+            "The broker of sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
+        s.outbox
+            .report(Report::Failed {
+                sink: s.id,
+                seq: d.seq,
+                at_ms: now_ms(),
+                error,
+                state: SinkState::BackingOff,
+                measured,
+            })
+            .await;
+        self.queued.push_front(Delivery { attempts, ..d });
+        self.hold_until = Some(tokio::time::Instant::now() + wait);
     }
 }
