@@ -366,3 +366,99 @@ fn a_broker_that_accepts_and_never_answers_is_timed_out_and_retried() {
         "{s}"
     );
 }
+
+/// What the stingy broker saw: event publishes, and the most it ever held unacknowledged.
+#[derive(Default)]
+struct Stingy {
+    events: usize,
+    most_unacknowledged: usize,
+}
+
+/// A broker that takes 3 publishes unacknowledged (CONNACK's Receive Maximum) and answers
+/// all it holds only after each read, so a client sending beyond the 3 would be seen doing it.
+fn stingy_broker(s: &mut dyn Stream, seen: &Mutex<Stingy>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut unacknowledged = Vec::new();
+        let mut answer = Vec::new();
+        loop {
+            // One whole packet: its type, its remaining length, its body.
+            let Some(&first) = buf.first() else { break };
+            let (mut len, mut at) = (0usize, 1);
+            while let Some(&b) = buf.get(at) {
+                len |= usize::from(b & 0x7F) << (7 * (at - 1));
+                at += 1;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            if buf.len() < at + len || buf.get(at - 1).is_none_or(|b| b & 0x80 != 0) {
+                break;
+            }
+            let body: Vec<u8> = buf.drain(..at + len).skip(at).collect();
+            match first >> 4 {
+                1 => answer.extend_from_slice(&[0x20, 6, 0, 0, 3, 0x21, 0, 3]),
+                3 if (first >> 1) & 3 == 1 => {
+                    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                    let topic = &body[2..2 + topic_len];
+                    unacknowledged.push([body[2 + topic_len], body[3 + topic_len]]);
+                    if topic.windows(8).any(|w| w == b"/events/") {
+                        seen.lock().unwrap().events += 1;
+                    }
+                }
+                12 => answer.extend_from_slice(&[0xD0, 0]),
+                14 => return,
+                _ => {}
+            }
+        }
+        let mut st = seen.lock().unwrap();
+        st.most_unacknowledged = st.most_unacknowledged.max(unacknowledged.len());
+        drop(st);
+        for pkid in unacknowledged {
+            answer.extend_from_slice(&[0x40, 2, pkid[0], pkid[1]]);
+        }
+        if s.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_broker_taking_three_unacknowledged_publishes_is_never_sent_a_fourth() {
+    let seen = Arc::new(Mutex::new(Stingy::default()));
+    let broker = {
+        let seen = seen.clone();
+        RawServer::start(Arc::new(move |s: &mut dyn Stream, _| {
+            stingy_broker(s, &seen)
+        }))
+    };
+    let sink = format!(
+        "[[sink]]\nname = \"stingy\"\nurl = \"mqtt://127.0.0.1:{}\"\nmax_in_flight = 16\n[sink.signing]\nscheme = \"none\"\n",
+        broker.port()
+    );
+    let scene = scene(&sink);
+    let ids = scene.emit(300);
+    wait_until(Duration::from_secs(20), "every event at the broker", || {
+        scene.setup.sink_status("stingy")["pending"] == 0
+    });
+    scene.assert_healthy(&ids);
+    let st = seen.lock().unwrap();
+    assert!(st.events >= ids.len(), "{} events published", st.events);
+    assert!(
+        (1..=3).contains(&st.most_unacknowledged),
+        "{} publishes unacknowledged at once",
+        st.most_unacknowledged
+    );
+    assert_eq!(
+        broker.accepted(),
+        1,
+        "one connection: {}",
+        scene.daemon.log()
+    );
+}

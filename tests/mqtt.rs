@@ -477,3 +477,102 @@ fn test_and_activity_cover_mqtt_sinks() {
         broker.log()
     );
 }
+
+#[test]
+fn a_broker_s_limits_are_kept_packet_size_keep_alive_and_qos() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    // Mosquitto tells a v5 client these in its CONNACK: 3 publishes unacknowledged at most,
+    // packets up to 2,000 bytes, a keep-alive of 10 s at most (the sink asks for 60 s), QoS
+    // up to 1. (Mosquitto 2.0 does not hold a client to its Receive Maximum, so the window
+    // staying within it is checked against a broker that watches: tests/hostile_receivers.rs.)
+    let mut broker = Broker::start(
+        setup.dir.path(),
+        "allow_anonymous true\nmax_inflight_messages 3\nmax_packet_size 2000\nmax_keepalive 10\nmax_qos 1",
+    );
+    let sub = Subscriber::connect(broker.port, "edgehook/+/events/#");
+    setup.write_config(&format!(
+        "{}{}",
+        mqtt_sink(
+            "broker",
+            &broker.url(),
+            "max_in_flight = 16\nkeep_alive = \"60s\""
+        ),
+        mqtt_sink(
+            "exactly-once",
+            &broker.url(),
+            "qos = 2\nclient_id = \"edgehook-qos2\"\nstatus_topic = \"qos2/status\""
+        ),
+    ));
+    let daemon = setup.start();
+    let mut ids = emit_pipelined(&setup.socket(), 0, 100, "sensor.reading", 16);
+    let big = emit_one(
+        &setup.socket(),
+        "sensor.reading",
+        serde_json::json!({"blob": "x".repeat(3000)}),
+    );
+    ids.extend(emit_pipelined(
+        &setup.socket(),
+        1,
+        100,
+        "sensor.reading",
+        16,
+    ));
+    wait_until(Duration::from_secs(20), "the small events", || {
+        sub.distinct_event_ids().len() >= 200
+    });
+    let arrived: Vec<String> = sub.events().iter().map(Message::event_id).collect();
+    assert!(
+        !arrived.contains(&big),
+        "the broker was sent a packet over its maximum"
+    );
+    assert_eq!(
+        check_arrivals(&arrived, &ids, 16),
+        0,
+        "no connection was lost"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the big event's dead letter",
+        || setup.sink_status("broker")["dead_letters"] == 1,
+    );
+    let out = run(
+        &setup.config,
+        &["dead-letters", "--sink", "broker", "--json"],
+    );
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let dead = &dead["dead_letters"];
+    assert_eq!(dead[0]["id"], big.as_str(), "{dead}");
+    let reason = dead[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("PacketTooLarge"), "{reason}");
+    // Quiet now: the sink pings within the broker's 10 s, not its own 60 s, so the broker
+    // keeps the connection (it drops a client silent for 1.5 times the keep-alive).
+    let device_id = setup.status()["device"]["id"].as_str().unwrap().to_string();
+    let client = format!("edgehook-{device_id}");
+    wait_until(
+        Duration::from_secs(20),
+        "a ping within the broker's keep-alive",
+        || {
+            broker
+                .log()
+                .contains(&format!("Received PINGREQ from {client}"))
+        },
+    );
+    let late = emit_one(&setup.socket(), "sensor.reading", serde_json::json!({}));
+    wait_until(Duration::from_secs(10), "an event after the quiet", || {
+        sub.distinct_event_ids().contains(&late)
+    });
+    assert!(
+        !daemon.log().contains("Sink broker: "),
+        "the connection was kept: {}",
+        daemon.log()
+    );
+    // A QoS 2 sink cannot publish to this broker, and says why, calmly.
+    let s = setup.sink_status("exactly-once");
+    let error = s["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("QoS up to 1"), "{s}");
+    assert_eq!(s["pending"], 202, "{s}");
+    broker.stop();
+}
