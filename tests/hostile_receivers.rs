@@ -387,9 +387,8 @@ fn stingy_broker(s: &mut dyn Stream, seen: &Mutex<Stingy>) {
         buf.extend_from_slice(&chunk[..n]);
         let mut unacknowledged = Vec::new();
         let mut answer = Vec::new();
-        loop {
-            // One whole packet: its type, its remaining length, its body.
-            let Some(&first) = buf.first() else { break };
+        // One whole packet at a time: its type, its remaining length, its body.
+        while let Some(&first) = buf.first() {
             let (mut len, mut at) = (0usize, 1);
             while let Some(&b) = buf.get(at) {
                 len |= usize::from(b & 0x7F) << (7 * (at - 1));
