@@ -180,23 +180,101 @@ pub fn mqtt(backlog: &Setup, broker: &Broker, n: usize) -> f64 {
     rate(n, started.elapsed())
 }
 
-/// mosquitto_pub publishing the same `n` payloads, one a line, with QoS 1; messages/s at which
-/// it publishes. Its run has a fixed part that is not publishing (the connection, and about
+/// What mosquitto_pub publishes: a message a line, each with the same properties.
+pub struct Messages {
+    lines: Vec<Vec<u8>>,
+    properties: Vec<[String; 3]>,
+}
+
+impl Messages {
+    /// The bare payloads (the 256-byte JSON documents the events carry), no properties.
+    pub fn payloads(n: usize) -> Messages {
+        Messages {
+            lines: (0..n).map(|i| payload(i).into_bytes()).collect(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// What edgehook publishes for the backlog's events: each stored envelope as it is, with
+    /// the properties edgehook sends beside it at their lengths (content type, the UTF-8
+    /// payload format, `edgehook-device-id` and the three Standard Webhooks headers; one
+    /// signature for all, as mosquitto_pub cannot sign each).
+    pub fn as_edgehook_publishes(backlog: &Setup) -> Messages {
+        let conn = open(&backlog.db());
+        let mut stmt = conn
+            .prepare("SELECT id, body FROM events ORDER BY seq")
+            .unwrap();
+        let rows: Vec<(String, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let device: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'device_id'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let (id, _) = &rows[0];
+        let user = |k: &str, v: &str| {
+            [
+                "-D PUBLISH user-property".to_string(),
+                k.to_string(),
+                v.to_string(),
+            ]
+        };
+        let properties = vec![
+            [
+                "-D PUBLISH content-type".into(),
+                "application/json".into(),
+                String::new(),
+            ],
+            [
+                "-D PUBLISH payload-format-indicator".into(),
+                "1".into(),
+                String::new(),
+            ],
+            user("edgehook-device-id", &device),
+            user("webhook-id", id),
+            user("webhook-timestamp", "1796290000"),
+            user(
+                "webhook-signature",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
+        ];
+        let lines: Vec<Vec<u8>> = rows.into_iter().map(|(_, body)| body).collect();
+        assert!(
+            lines.iter().all(|l| !l.contains(&b'\n')),
+            "an envelope holds no line break"
+        );
+        Messages { lines, properties }
+    }
+}
+
+/// mosquitto_pub publishing `messages`, one a line, with QoS 1; messages/s at which it
+/// publishes. Its run has a fixed part that is not publishing (the connection, and about
 /// 0.2 s at the end of its input before it exits), which a 20,000-message run would count
 /// as much as the publishing itself; the time of a one-message run is taken off.
-pub fn mosquitto_pub_rate(dir: &Path, broker: &Broker, n: usize) -> f64 {
+pub fn mosquitto_pub_rate(dir: &Path, broker: &Broker, messages: &Messages) -> f64 {
     let run = |count: usize| {
-        let file = dir.join("payloads.txt");
-        let mut text = String::with_capacity(count * 260);
-        for i in 0..count {
-            text.push_str(&payload(i));
-            text.push('\n');
+        let file = dir.join("messages.txt");
+        let mut text = Vec::with_capacity(count * 600);
+        for line in &messages.lines[..count] {
+            text.extend_from_slice(line);
+            text.push(b'\n');
         }
         std::fs::write(&file, text).unwrap();
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+            .args(["-V", "mqttv5", "-q", "1", "-l", "-t", "bench/anchor"]);
+        for [option, a, b] in &messages.properties {
+            cmd.args(option.split(' '));
+            cmd.arg(a);
+            if !b.is_empty() {
+                cmd.arg(b);
+            }
+        }
         let started = Instant::now();
-        let status = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-            .args(["-V", "mqttv5", "-q", "1", "-l", "-t", "bench/anchor"])
+        let status = cmd
             .stdin(std::fs::File::open(&file).unwrap())
             .status()
             .expect("mosquitto_pub runs (package mosquitto-clients)");
@@ -204,6 +282,7 @@ pub fn mosquitto_pub_rate(dir: &Path, broker: &Broker, n: usize) -> f64 {
         assert!(status.success(), "mosquitto_pub failed");
         took
     };
+    let n = messages.lines.len();
     let fixed = run(1);
     let all = run(n);
     rate(n - 1, all.saturating_sub(fixed))
