@@ -172,6 +172,16 @@ pub enum Report {
         /// The attempt.
         measured: Measured,
     },
+    /// Several deliveries of one sink the receiver took, in the order they were sent: the same
+    /// as one `Delivered` each, recorded together.
+    DeliveredMany {
+        /// Sink.
+        sink: SinkId,
+        /// When (Unix ms).
+        at_ms: i64,
+        /// Each delivery's seq and its attempt.
+        done: Vec<(i64, Measured)>,
+    },
     /// An attempt failed; the delivery stays.
     Failed {
         /// Sink.
@@ -219,6 +229,17 @@ pub enum Report {
         /// What went wrong.
         error: String,
     },
+}
+
+impl Report {
+    /// How many deliveries it reports on: what the outbox counts when it gathers reports into
+    /// a commit or keeps them through a full disk. One for every report but `DeliveredMany`.
+    fn weight(&self) -> usize {
+        match self {
+            Report::DeliveredMany { done, .. } => done.len(),
+            _ => 1,
+        }
+    }
 }
 
 /// Which dead letters go back to their queues.

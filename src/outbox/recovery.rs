@@ -82,19 +82,26 @@ impl Store {
         }
     }
 
-    /// Keeps reports for the next batch (bounded: past the bound, those deliveries are made
-    /// again after a restart, which at-least-once allows).
+    /// Keeps reports for the next batch (bounded by the deliveries they report on: past the
+    /// bound, those deliveries are made again after a restart, which at-least-once allows).
     pub(super) fn keep_unrecorded(
         &mut self,
         mut reports: Vec<Report>,
         e: Option<&rusqlite::Error>,
     ) {
-        let room = UNRECORDED_KEEP.saturating_sub(self.unrecorded.len());
-        if reports.len() > room {
-            let e = e.map_or("no space".to_string(), |e| e.to_string());
-            log::warn!(path:% = self.path.display(); "{} delivery reports could not be recorded on the full disk ({e}); those events will be sent again after a restart", reports.len() - room);
-            reports.truncate(room);
+        let mut room = UNRECORDED_KEEP.saturating_sub(self.unrecorded_deliveries);
+        let mut fit = 0;
+        while fit < reports.len() && reports[fit].weight() <= room {
+            room -= reports[fit].weight();
+            fit += 1;
         }
+        if fit < reports.len() {
+            let lost: usize = reports[fit..].iter().map(Report::weight).sum();
+            let e = e.map_or("no space".to_string(), |e| e.to_string());
+            log::warn!(path:% = self.path.display(); "Reports of {lost} deliveries could not be recorded on the full disk ({e}); those events will be sent again after a restart");
+            reports.truncate(fit);
+        }
+        self.unrecorded_deliveries += reports.iter().map(Report::weight).sum::<usize>();
         self.unrecorded.extend(reports);
     }
 

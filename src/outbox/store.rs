@@ -20,14 +20,26 @@ use crate::config::{Durability, Storage, WhenFull};
 const BATCH: usize = 2048;
 
 /// Delivery reports gathered into one commit while a sink drains (see
-/// `wait_for_more_reports`): from `REPORTS_BUSY` waiting, or from one when reports were
-/// committed within `REPORTS_RECENT` (a sink delivering one at a time), up to
-/// `REPORTS_TOGETHER` or what arrives within `REPORTS_WAIT`. What a `kill -9` can make a sink
-/// send again (at most `REPORTS_TOGETHER` unrecorded deliveries) stays inside the crash test's
-/// bound (a fetch of 256 plus what is in flight).
+/// `wait_for_more_reports`), counted in deliveries (a `DeliveredMany` as many as it holds):
+/// from `REPORTS_BUSY` waiting, or from one when reports were committed within
+/// `REPORTS_RECENT` (a sink delivering one at a time), up to `REPORTS_TOGETHER` or what
+/// arrives within `REPORTS_WAIT`. Every commit rewrites the same pages of the queue in the
+/// WAL, so a fast drain (an MQTT sink reporting its PUBACKs many at a time) is not held to a
+/// commit per few dozen deliveries.
+///
+/// What a `kill -9` can make a sink send again is what it delivered that was not yet recorded.
+/// Gathering cannot carry that past a sink's fetches: a `Fetch` is never kept waiting (it
+/// makes the batch more than reports, `only_reports`), and it is answered only after the
+/// commit of its batch, while every report the sink sent before it is in that batch or an
+/// earlier one. So what is unrecorded at a kill was reported since the sink asked for its
+/// last answered fetch: at most that fetch, what it still held when it asked (it reads ahead,
+/// `READ_AHEAD_LOW` in `sinks`), and what is in flight. Meanwhile, a batch waits no longer
+/// than `REPORTS_WAIT`, so what is unrecorded is mostly what arrives in that and one commit;
+/// that keeps repeats inside the crash test's tighter bound (a fetch of 256 plus what is in
+/// flight) unless a commit stalls for long while a sink drains.
 const REPORTS_BUSY: usize = 4;
 const REPORTS_RECENT: Duration = Duration::from_millis(20);
-const REPORTS_TOGETHER: usize = 32;
+const REPORTS_TOGETHER: usize = 512;
 const REPORTS_WAIT: Duration = Duration::from_millis(2);
 const REPORTS_STEP: Duration = Duration::from_micros(500);
 
@@ -35,7 +47,8 @@ const REPORTS_STEP: Duration = Duration::from_micros(500);
 /// it gives the memory of its busy spell back (`give_back`).
 const QUIET_BEFORE_GIVING_BACK: Duration = Duration::from_secs(5);
 
-/// Delivery reports kept in memory while the disk is full (about 100 bytes each).
+/// Deliveries whose reports are kept in memory while the disk is full (about 100 bytes each;
+/// a `DeliveredMany` counts as its number of deliveries).
 const UNRECORDED_KEEP: usize = 100_000;
 
 /// How often writes are tried again while the disk is full.
@@ -82,6 +95,8 @@ pub(super) struct Store {
     disk_full: bool,
     /// Delivery reports the full disk had no room for, recorded once it has.
     unrecorded: Vec<Report>,
+    /// The deliveries `unrecorded` reports on (`Report::weight`), bounded by `UNRECORDED_KEEP`.
+    unrecorded_deliveries: usize,
     /// When writes were last tried on the full disk.
     last_probe: Instant,
     /// When delivery reports alone were last committed.
@@ -95,6 +110,8 @@ pub(super) struct Store {
     saved_offset_ms: Option<i64>,
 }
 
+#[path = "delivered.rs"]
+pub(super) mod delivered;
 #[path = "recovery.rs"]
 mod recovery;
 
@@ -137,6 +154,7 @@ impl Store {
         let path = limits.path.clone();
         let (conn, moved_aside) = schema::open_rw(&path, limits.durability)?;
         let err = |e| StoreError::sqlite(&limits.path, e);
+        delivered::create_batch_table(&conn).map_err(err)?;
         let kept_created: Option<i64> = meta_get(&conn, "created_ms").map_err(err)?;
         let created = kept_created.is_none();
         let new_id = || uuid::Uuid::new_v4().to_string();
@@ -183,6 +201,7 @@ impl Store {
             no_space: false,
             disk_full: false,
             unrecorded: Vec::new(),
+            unrecorded_deliveries: 0,
             last_probe: Instant::now(),
             last_reports: None,
             last_busy: None,
@@ -307,6 +326,7 @@ impl Store {
             // largest size otherwise); it fails harmlessly while there is no room to do it.
             let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
             let kept = std::mem::take(&mut self.unrecorded);
+            self.unrecorded_deliveries = 0;
             self.record_alone(kept);
         }
         self.offset_ms = clock::offset_ms();
@@ -765,30 +785,9 @@ impl Store {
                 seq,
                 at_ms,
                 measured,
-            } => {
-                self.record_attempt(sink, seq, at_ms, "delivered", Some(measured), None)?;
-                let d = self
-                    .conn
-                    .prepare_cached("DELETE FROM deliveries WHERE sink = ?1 AND seq = ?2")?
-                    .execute(params![sink, seq])?;
-                // Expired or dropped while in flight: it arrived after all.
-                let dl = if d == 0 {
-                    self.conn
-                        .prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?
-                        .execute(params![sink, seq])?
-                } else {
-                    0
-                };
-                let row = self.sinks.entry(sink).or_default();
-                row.pending -= d as i64;
-                row.dead -= dl as i64;
-                row.delivered += 1;
-                row.last_success_ms = Some(at_ms);
-                row.state = Some(SinkState::Active);
-                self.dirty.insert(sink);
-                if d + dl > 0 {
-                    self.unref(seq)?;
-                }
+            } => self.delivered(sink, seq, at_ms, measured)?,
+            Report::DeliveredMany { sink, at_ms, done } => {
+                self.delivered_many(sink, at_ms, &done)?
             }
             Report::Failed {
                 sink,
@@ -836,6 +835,40 @@ impl Store {
                 self.sinks.entry(sink).or_default().state = Some(state);
                 self.dirty.insert(sink);
             }
+        }
+        Ok(())
+    }
+
+    /// Records that the receiver took one delivery.
+    fn delivered(
+        &mut self,
+        sink: SinkId,
+        seq: i64,
+        at_ms: i64,
+        measured: Measured,
+    ) -> rusqlite::Result<()> {
+        self.record_attempt(sink, seq, at_ms, "delivered", Some(measured), None)?;
+        let d = self
+            .conn
+            .prepare_cached("DELETE FROM deliveries WHERE sink = ?1 AND seq = ?2")?
+            .execute(params![sink, seq])?;
+        // Expired or dropped while in flight: it arrived after all.
+        let dl = if d == 0 {
+            self.conn
+                .prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?
+                .execute(params![sink, seq])?
+        } else {
+            0
+        };
+        let row = self.sinks.entry(sink).or_default();
+        row.pending -= d as i64;
+        row.dead -= dl as i64;
+        row.delivered += 1;
+        row.last_success_ms = Some(at_ms);
+        row.state = Some(SinkState::Active);
+        self.dirty.insert(sink);
+        if d + dl > 0 {
+            self.unref(seq)?;
         }
         Ok(())
     }
@@ -1093,12 +1126,19 @@ fn give_back(conn: &Connection) {
 /// `draining`) and every commit rewrites the same few pages, so gathering them divides the
 /// bytes written and the work per event. A lone report of a quiet sink, or a batch with
 /// anything a caller waits for, is committed at once, so a quiet sink's delivery is recorded
-/// as soon as it happens.
+/// as soon as it happens. Reports are counted by the deliveries they hold.
 fn wait_for_more_reports(batch: &[Command], waited: Duration, draining: bool) -> bool {
-    (batch.len() >= REPORTS_BUSY || draining)
-        && batch.len() < REPORTS_TOGETHER
-        && waited < REPORTS_WAIT
-        && only_reports(batch)
+    if !only_reports(batch) || waited >= REPORTS_WAIT {
+        return false;
+    }
+    let deliveries: usize = batch
+        .iter()
+        .map(|c| match c {
+            Command::Report(r) => r.weight(),
+            _ => 1,
+        })
+        .sum();
+    (deliveries >= REPORTS_BUSY || draining) && deliveries < REPORTS_TOGETHER
 }
 
 fn parse_state(s: &str) -> SinkState {

@@ -495,3 +495,331 @@ fn an_announcement_no_sink_takes_is_not_counted_as_made_when_it_must_be_stored()
     assert!(rt.block_on(outbox.transition(t)).unwrap().is_some());
     close(outbox, thread);
 }
+
+/// An event with a fixed id and time, so that two outboxes built alike hold the same bytes.
+fn fixed_event(id: &str, t: &str, supplied: bool) -> NewEvent {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut e = crate::event::build_value(Some(id.into()), t, &serde_json::json!({ "id": id }), at);
+    e.supplied = supplied;
+    e
+}
+
+/// Every row of every table a delivery report touches, and what `status`, `activity` and
+/// `dead-letters` read (without the device id, which is generated).
+fn outbox_state(path: &Path) -> Vec<String> {
+    let conn = open_ro(path).unwrap().unwrap();
+    let mut state = Vec::new();
+    for sql in [
+        "SELECT * FROM deliveries ORDER BY sink, seq",
+        "SELECT * FROM dead_letters ORDER BY sink, seq",
+        "SELECT * FROM events ORDER BY seq",
+        "SELECT * FROM supplied_ids ORDER BY id",
+        "SELECT * FROM attempts ORDER BY id",
+        "SELECT * FROM sinks ORDER BY id",
+        "SELECT * FROM meta WHERE key IN ('event_count', 'event_bytes', 'dropped') ORDER BY key",
+    ] {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let width = stmt.column_count();
+        let rows: Vec<Vec<rusqlite::types::Value>> = stmt
+            .query_map([], |r| (0..width).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        state.push(format!("{sql}: {rows:?}"));
+    }
+    let mut status = serde_json::to_value(read_report(&conn).unwrap()).unwrap();
+    status["device_id"] = serde_json::Value::Null;
+    state.push(format!("status: {status}"));
+    let activity = serde_json::to_value(activity(&conn, None, 100).unwrap()).unwrap();
+    state.push(format!("activity: {activity}"));
+    let dead = serde_json::to_value(dead_letters(&conn, None).unwrap()).unwrap();
+    state.push(format!("dead letters: {dead}"));
+    state
+}
+
+/// Two sinks: `a` takes every event, `b` the `shared.*` ones.
+fn mixed_config(dir: &Path) -> Config {
+    config(dir, "", &[("a", "\"*\""), ("b", "\"shared.*\"")])
+}
+
+/// The mixed outbox: events for both sinks and for `a` alone, two with a producer's id; one
+/// delivery of `a` dead-lettered while in flight, one dead letter that stays, one delivery of
+/// `a` already recorded. Returns the seqs by event id.
+fn build_mixed(outbox: &Outbox, ids: &[SinkId]) -> std::collections::HashMap<String, i64> {
+    let events = [
+        ("shared-0", "shared.x", false),
+        ("shared-1", "shared.x", true),
+        ("only-a-2", "only.a", false),
+        ("only-a-3", "only.a", true),
+        ("in-flight-dead", "only.a", false),
+        ("stays-dead", "only.a", false),
+        ("shared-6", "shared.x", false),
+        ("done-before", "only.a", false),
+        ("shared-8", "shared.x", false),
+    ];
+    for (id, t, supplied) in events {
+        outbox
+            .append_blocking(fixed_event(id, t, supplied))
+            .unwrap();
+    }
+    let seqs: std::collections::HashMap<String, i64> = outbox
+        .fetch_blocking(ids[0], 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.seq))
+        .collect();
+    for id in ["in-flight-dead", "stays-dead"] {
+        outbox.report_blocking(Report::Dead {
+            sink: ids[0],
+            seq: seqs[id],
+            at_ms: 1_700_000_000_500,
+            reason: "expired".into(),
+            attempts: 3,
+            measured: None,
+        });
+    }
+    outbox.report_blocking(Report::Delivered {
+        sink: ids[0],
+        seq: seqs["done-before"],
+        at_ms: 1_700_000_000_600,
+        measured: Measured::default(),
+    });
+    seqs
+}
+
+#[test]
+fn delivered_many_leaves_the_same_outbox_as_one_delivered_each() {
+    let (many_dir, one_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (many_cfg, one_cfg) = (mixed_config(many_dir.path()), mixed_config(one_dir.path()));
+    let (many, ids, many_thread) = open(&many_cfg);
+    let (one, one_ids, one_thread) = open(&one_cfg);
+    assert_eq!(ids, one_ids);
+    let seqs = build_mixed(&many, &ids);
+    assert_eq!(build_mixed(&one, &ids), seqs);
+    let (a, b) = (ids[0], ids[1]);
+    let measured = |code, latency_ms| Measured { code, latency_ms };
+    let steps: Vec<(SinkId, Vec<(i64, Measured)>)> = vec![
+        // Shared events (one reference left), a producer's id, events of `a` alone (gone with
+        // the delivery), and a delivery dead-lettered while in flight.
+        (
+            a,
+            vec![
+                (seqs["shared-0"], measured(Some(0), 12)),
+                (seqs["only-a-3"], measured(None, 3)),
+                (seqs["shared-1"], measured(Some(16), 40)),
+                (seqs["in-flight-dead"], measured(Some(0), 900)),
+                (seqs["only-a-2"], measured(Some(0), 0)),
+            ],
+        ),
+        // `b`'s, out of seq order: the last references of two shared events, and one that `a`
+        // still holds.
+        (
+            b,
+            vec![
+                (seqs["shared-1"], measured(Some(0), 5)),
+                (seqs["shared-6"], measured(Some(0), 6)),
+                (seqs["shared-0"], measured(Some(0), 7)),
+            ],
+        ),
+        // A delivery already recorded, one never stored, and a seq twice (the first leaves
+        // its event to `b`, so the second finds it and records an attempt).
+        (
+            a,
+            vec![
+                (seqs["shared-8"], measured(Some(0), 1)),
+                (seqs["done-before"], measured(Some(0), 2)),
+                (seqs["shared-6"], measured(Some(0), 3)),
+                (seqs["shared-8"], measured(Some(0), 4)),
+                (99_999, measured(Some(0), 5)),
+            ],
+        ),
+    ];
+    for (n, (sink, done)) in steps.into_iter().enumerate() {
+        let at_ms = 1_700_000_001_000 + n as i64;
+        for &(seq, measured) in &done {
+            one.report_blocking(Report::Delivered {
+                sink,
+                seq,
+                at_ms,
+                measured,
+            });
+        }
+        many.report_blocking(Report::DeliveredMany { sink, at_ms, done });
+        // A fetch is answered after the reports sent before it are committed.
+        many.fetch_blocking(a, 0, 1).unwrap();
+        one.fetch_blocking(a, 0, 1).unwrap();
+        let (got, want) = (
+            outbox_state(&many_cfg.storage.path),
+            outbox_state(&one_cfg.storage.path),
+        );
+        for (got, want) in got.iter().zip(&want) {
+            assert_eq!(got, want, "after step {n}");
+        }
+    }
+    close(many, many_thread);
+    close(one, one_thread);
+    let r = report(many_dir.path());
+    // Left: the dead letter that stays, and `b`'s `shared-8`.
+    assert_eq!((r.events, r.sinks[0].dead_letters), (2, 1));
+    assert_eq!(
+        (r.sinks[0].pending, r.sinks[0].delivered, r.sinks[1].pending),
+        (0, 11, 1)
+    );
+}
+
+#[test]
+fn a_long_delivered_many_is_recorded_as_one_delivered_each() {
+    let (many_dir, one_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (many_cfg, one_cfg) = (mixed_config(many_dir.path()), mixed_config(one_dir.path()));
+    let build = |cfg: &Config| {
+        let (outbox, ids, thread) = open(cfg);
+        for n in 0..80 {
+            let t = if n % 3 == 0 { "shared.x" } else { "only.a" };
+            outbox
+                .append_blocking(fixed_event(&format!("e-{n:02}"), t, n % 7 == 0))
+                .unwrap();
+        }
+        let queue = outbox.fetch_blocking(ids[0], 0, 100).unwrap();
+        close(outbox, thread);
+        queue
+            .iter()
+            .map(|d| {
+                (
+                    d.seq,
+                    Measured {
+                        code: Some(0),
+                        latency_ms: d.seq as u64,
+                    },
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut done = build(&many_cfg);
+    assert_eq!(build(&one_cfg), done);
+    // Longer than a part, with a seq again in a later part.
+    done.truncate(75);
+    done.push(done[3]);
+    let (many, ids, many_thread) = open(&many_cfg);
+    many.report_blocking(Report::DeliveredMany {
+        sink: ids[0],
+        at_ms: 5,
+        done: done.clone(),
+    });
+    close(many, many_thread);
+    let (one, ids, one_thread) = open(&one_cfg);
+    for (seq, measured) in done {
+        one.report_blocking(Report::Delivered {
+            sink: ids[0],
+            seq,
+            at_ms: 5,
+            measured,
+        });
+    }
+    close(one, one_thread);
+    let (got, want) = (
+        outbox_state(&many_cfg.storage.path),
+        outbox_state(&one_cfg.storage.path),
+    );
+    for (got, want) in got.iter().zip(&want) {
+        assert_eq!(got, want);
+    }
+    assert_eq!(report(many_dir.path()).sinks[0].delivered, 76);
+}
+
+#[test]
+fn a_batch_of_deliveries_found_once_each_takes_the_set_based_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mixed_config(dir.path());
+    let (outbox, ids, thread) = open(&cfg);
+    let seqs = build_mixed(&outbox, &ids);
+    close(outbox, thread);
+    let (store, _) = store::Store::open(&cfg.storage, None).unwrap();
+    let shape = |sink, names: &[&str]| {
+        let done: Vec<(i64, Measured)> = names
+            .iter()
+            .map(|n| (seqs.get(*n).copied().unwrap_or(99_999), Measured::default()))
+            .collect();
+        store.shape(sink, &done).unwrap()
+    };
+    let common = shape(ids[0], &["shared-0", "shared-1", "only-a-2", "only-a-3"]);
+    assert!(common.set_based(), "{common:?}");
+    let body_len = |id: &str| fixed_event(id, "only.a", false).body.len() as i64;
+    assert_eq!(
+        (
+            common.pending,
+            common.dead,
+            common.last_refs,
+            common.last_bytes
+        ),
+        (4, 0, 2, body_len("only-a-2") + body_len("only-a-3"))
+    );
+    let with_dead = shape(ids[0], &["only-a-2", "in-flight-dead"]);
+    assert!(with_dead.set_based(), "{with_dead:?}");
+    assert_eq!((with_dead.pending, with_dead.dead), (1, 1));
+    for names in [
+        &["only-a-2", "done-before"][..],
+        &["only-a-2", "never-stored"],
+        &["only-a-2", "shared-0", "only-a-2"],
+    ] {
+        assert!(!shape(ids[0], names).set_based(), "{names:?}");
+    }
+    // `b` never had the events of `a` alone.
+    assert!(!shape(ids[1], &["shared-0", "only-a-2"]).set_based());
+    assert!(shape(ids[1], &["shared-0", "shared-1"]).set_based());
+}
+
+#[test]
+fn a_batch_of_deliveries_crossing_a_thousand_attempts_trims_the_activity_as_one_at_a_time_does() {
+    let mut results = Vec::new();
+    for together in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+        let (outbox, ids, thread) = open(&cfg);
+        close(outbox, thread);
+        // Attempts up to id 10,990: the next thousand ends at 11,000, and trims up to 1,000.
+        let conn = rusqlite::Connection::open(&cfg.storage.path).unwrap();
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10990)
+             INSERT INTO attempts (id, at_ms, sink, event_id, event_type, outcome)
+             SELECT i, 0, 1, 'old', 'x', 'delivered' FROM n",
+        )
+        .unwrap();
+        drop(conn);
+        let (outbox, _, thread) = open(&cfg);
+        for n in 0..20 {
+            outbox.append_blocking(event(n, "x")).unwrap();
+        }
+        let done: Vec<(i64, Measured)> = outbox
+            .fetch_blocking(ids[0], 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.seq, Measured::default()))
+            .collect();
+        if together {
+            outbox.report_blocking(Report::DeliveredMany {
+                sink: ids[0],
+                at_ms: 1,
+                done,
+            });
+        } else {
+            for (seq, measured) in done {
+                outbox.report_blocking(Report::Delivered {
+                    sink: ids[0],
+                    seq,
+                    at_ms: 1,
+                    measured,
+                });
+            }
+        }
+        close(outbox, thread);
+        let conn = open_ro(&cfg.storage.path).unwrap().unwrap();
+        let kept: (i64, i64, i64) = conn
+            .query_row("SELECT min(id), max(id), count(*) FROM attempts", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        results.push(kept);
+    }
+    assert_eq!(results[0], (1001, 11010, 10010));
+    assert_eq!(results[0], results[1]);
+}
