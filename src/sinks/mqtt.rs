@@ -841,19 +841,27 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Reports what was acknowledged since the last report, together.
+    /// Reports what was acknowledged since the last report, in one report: the outbox records
+    /// a `DeliveredMany` in a few statements rather than a few for each delivery.
     async fn report_done(&mut self) {
-        for (seq, measured) in self.done.drain(..) {
-            self.s
-                .outbox
-                .report(Report::Delivered {
+        let report = match self.done.len() {
+            0 => return,
+            1 => {
+                let (seq, measured) = self.done.pop().expect("one delivery");
+                Report::Delivered {
                     sink: self.s.id,
                     seq,
                     at_ms: now_ms(),
                     measured,
-                })
-                .await;
-        }
+                }
+            }
+            _ => Report::DeliveredMany {
+                sink: self.s.id,
+                at_ms: now_ms(),
+                done: std::mem::take(&mut self.done),
+            },
+        };
+        self.s.outbox.report(report).await;
     }
 
     /// A delivery the broker refused (reason `code`, named `name`): a dead letter after
