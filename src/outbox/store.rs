@@ -975,10 +975,14 @@ impl Store {
         measured: Option<Measured>,
         error: Option<&str>,
     ) -> rusqlite::Result<()> {
+        // `OR FAIL`, as in `delivered::record_batch_attempts`: an insert from a select may
+        // insert many rows as far as SQLite knows, so with `ABORT` (the default) it keeps a
+        // statement journal to undo half of one; no constraint of `attempts` can fail, and a
+        // failing statement fails the whole transaction anyway.
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO attempts (at_ms, sink, event_id, event_type, outcome, code, latency_ms, error)
+                "INSERT OR FAIL INTO attempts (at_ms, sink, event_id, event_type, outcome, code, latency_ms, error)
                  SELECT ?1, ?2, e.id, e.type, ?3, ?4, ?5, ?6 FROM events e WHERE e.seq = ?7",
             )?
             .execute(params![
