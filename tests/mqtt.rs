@@ -575,3 +575,52 @@ fn a_broker_s_limits_are_kept_packet_size_keep_alive_and_qos() {
     assert_eq!(s["pending"], 202, "{s}");
     broker.stop();
 }
+
+#[test]
+fn a_broker_without_retained_messages_gets_a_plain_will_and_every_event() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    // Mosquitto with `retain_available false` refuses a CONNECT whose will is retained
+    // (CONNACK 0x9A, Retain not supported), as brokers without retained messages do.
+    let mut broker = Broker::start(
+        setup.dir.path(),
+        "allow_anonymous true\nretain_available false",
+    );
+    let sub = Subscriber::connect(broker.port, "edgehook/#");
+    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
+    let daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 50, "sensor.reading", 8);
+    wait_until(Duration::from_secs(20), "the events", || {
+        sub.distinct_event_ids().len() >= ids.len()
+    });
+    let presence: Vec<Message> = sub
+        .all()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/status"))
+        .collect();
+    assert_eq!(
+        presence.first().map(|m| (m.payload.as_slice(), m.retain)),
+        Some((b"online".as_slice(), false)),
+        "presence is published plain"
+    );
+    let s = setup.sink_status("broker");
+    assert_eq!(s["last_error"], serde_json::Value::Null, "{s}");
+    // The plain will is kept: after the broker restarts, the sink connects with it at once.
+    broker.restart();
+    let later = emit_pipelined(&setup.socket(), 1, 50, "sensor.reading", 8);
+    wait_until(
+        Duration::from_secs(30),
+        "the events after a restart",
+        || {
+            let got = sub.distinct_event_ids();
+            later.iter().all(|id| got.contains(id))
+        },
+    );
+    let told = daemon.log().matches("keeps no retained messages").count();
+    assert_eq!(told, 1, "{}", daemon.log());
+    wait_until(Duration::from_secs(10), "nothing pending", || {
+        setup.sink_status("broker")["pending"] == 0
+    });
+}

@@ -145,7 +145,7 @@ impl MqttSink {
         // Its own client id, so the running daemon's connection is not taken over; no will,
         // so the device is not announced offline.
         let client_id = format!("{}-test", self.fill(&self.m().client_id, ""));
-        let mut conn = match Conn::open(self, &client_id, false).await {
+        let mut conn = match Conn::open(self, &client_id, &mut LastWill::None).await {
             Ok(c) => c,
             Err(e) => return lost(e),
         };
@@ -258,26 +258,42 @@ struct Conn {
 }
 
 impl Conn {
-    /// Connects, sends CONNECT (with the will when `will`) and waits for the broker's CONNACK,
-    /// all within the sink's timeout.
-    async fn open(sink: &MqttSink, client_id: &str, will: bool) -> Result<Conn, String> {
+    /// Connects, sends CONNECT (with `will`) and waits for the broker's CONNACK, each try
+    /// within the sink's timeout. A broker that keeps no retained messages refuses a retained
+    /// will (Retain not supported): then `will` becomes a plain one, kept for later
+    /// connections, and the sink connects again at once.
+    async fn open(sink: &MqttSink, client_id: &str, will: &mut LastWill) -> Result<Conn, String> {
         let timeout = sink.spec.timeout.max(Duration::from_secs(1));
-        tokio::time::timeout(timeout, Self::open_now(sink, client_id, will, timeout))
+        loop {
+            let opened = tokio::time::timeout(
+                timeout,
+                Self::open_now(sink, client_id, *will, timeout),
+            )
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
                     "timed out: the broker did not answer the connection within {} (no CONNACK)",
                     humantime::format_duration(timeout)
                 ))
-            })
+            })?;
+            match opened {
+                Some(conn) => return Ok(conn),
+                None => {
+                    log::info!(sink = sink.spec.name.as_str();
+                        "The broker of sink {} keeps no retained messages: its status topic's `online` and `offline` are sent plain", sink.spec.name);
+                    *will = LastWill::Plain;
+                }
+            }
+        }
     }
 
+    /// One try of `open`; `None` when the broker refused a retained will.
     async fn open_now(
         sink: &MqttSink,
         client_id: &str,
-        will: bool,
+        will: LastWill,
         timeout: Duration,
-    ) -> Result<Conn, String> {
+    ) -> Result<Option<Conn>, String> {
         let m = sink.m();
         let tcp = TcpStream::connect((m.host.as_str(), m.port))
             .await
@@ -318,11 +334,11 @@ impl Conn {
                 keep_alive: keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
                 username: m.username.as_deref(),
                 password: m.password.as_deref().map(str::as_bytes),
-                will: will.then_some(wire::Will {
+                will: (will != LastWill::None).then_some(wire::Will {
                     topic: &status,
                     payload: b"offline",
                     qos: 1,
-                    retain: true,
+                    retain: will == LastWill::Retained,
                 }),
             },
         )
@@ -339,6 +355,9 @@ impl Conn {
                 None => conn.receive().await?,
             }
         };
+        if ack.reason == wire::RETAIN_NOT_SUPPORTED && will == LastWill::Retained {
+            return Ok(None);
+        }
         if ack.reason >= 0x80 {
             return Err(connection_refused(ack.reason, ack.reason_string.as_deref()));
         }
@@ -351,7 +370,7 @@ impl Conn {
         if let Some(max) = ack.maximum_packet_size {
             conn.maximum_packet_size = max as usize;
         }
-        Ok(conn)
+        Ok(Some(conn))
     }
 
     /// Refuses a QoS the broker does not take (publishing with it would be a protocol error).
@@ -546,9 +565,10 @@ async fn connect_loop(s: &Shared, sink: &MqttSink) {
     let mut failures = 0u32;
     let mut rng = rand::rng();
     let client_id = sink.fill(&sink.m().client_id, "");
+    let mut will = LastWill::Retained;
     while !s.stopping.load(Ordering::SeqCst) {
         let seen = s.control.generation();
-        let end = match Conn::open(sink, &client_id, true).await {
+        let end = match Conn::open(sink, &client_id, &mut will).await {
             Ok(mut conn) => {
                 if failures > 0 {
                     log::info!(sink = spec.name.as_str(); "Sink {} connected to the broker again", spec.name);
@@ -579,6 +599,15 @@ async fn connect_loop(s: &Shared, sink: &MqttSink) {
             _ = s.control.changed(seen) => {}
         }
     }
+}
+
+/// The last will a connection asks the broker for: the sink's `offline` on its status topic,
+/// retained unless the broker keeps no retained messages; none for `edgehook test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastWill {
+    None,
+    Retained,
+    Plain,
 }
 
 /// One connection's deliveries: up to the window in flight, in outbox order.

@@ -17,6 +17,9 @@ const MAX_REMAINING: usize = 268_435_455;
 /// The largest packet MQTT can encode, header included: the bound when the broker sets none.
 pub const MAX_PACKET: usize = 5 + MAX_REMAINING;
 
+/// The CONNACK reason of a broker that keeps no retained messages, refusing a retained will.
+pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
+
 /// A broken rule of the protocol, in the broker's packets or in what would be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -566,7 +569,7 @@ pub fn reason_name(code: u8) -> String {
         0x97 => "QuotaExceeded",
         0x98 => "AdministrativeAction",
         0x99 => "PayloadFormatInvalid",
-        0x9A => "RetainNotSupported",
+        RETAIN_NOT_SUPPORTED => "RetainNotSupported",
         0x9B => "QoSNotSupported",
         0x9C => "UseAnotherServer",
         0x9D => "ServerMoved",
