@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 use common::broker::*;
 use common::*;
 
+/// The presence messages the subscriber saw (on the sinks' status topics), in order.
+fn presence(sub: &Subscriber) -> Vec<Message> {
+    sub.all()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/status"))
+        .collect()
+}
+
 fn mqtt_sink(name: &str, url: &str, extra: &str) -> String {
     format!(
         "[[sink]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n[sink.signing]\nscheme = \"standard\"\nsecret = \"{SECRET}\"\n[sink.retry]\ninitial = \"50ms\"\nmax = \"1s\"\nmax_attempts = 3\n"
@@ -46,11 +54,7 @@ fn ten_thousand_events_arrive_in_order_each_verified() {
         assert_eq!(dev, Some(device.as_str()));
         assert!(!m.retain);
     }
-    let presence: Vec<Message> = sub
-        .all()
-        .into_iter()
-        .filter(|m| m.topic.ends_with("/status"))
-        .collect();
+    let presence = presence(&sub);
     assert_eq!(
         presence.last().map(|m| m.payload.as_slice()),
         Some(b"online".as_slice())
@@ -595,11 +599,7 @@ fn a_broker_without_retained_messages_gets_a_plain_will_and_every_event() {
     wait_until(Duration::from_secs(20), "the events", || {
         sub.distinct_event_ids().len() >= ids.len()
     });
-    let presence: Vec<Message> = sub
-        .all()
-        .into_iter()
-        .filter(|m| m.topic.ends_with("/status"))
-        .collect();
+    let presence = presence(&sub);
     assert_eq!(
         presence.first().map(|m| (m.payload.as_slice(), m.retain)),
         Some((b"online".as_slice(), false)),
