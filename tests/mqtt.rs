@@ -624,3 +624,57 @@ fn a_broker_without_retained_messages_gets_a_plain_will_and_every_event() {
         setup.sink_status("broker")["pending"] == 0
     });
 }
+
+#[test]
+fn events_older_than_max_age_while_the_broker_is_down_become_dead_letters_not_messages() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let mut broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = Subscriber::connect(broker.port, "edgehook/+/events/#");
+    let sink = mqtt_sink("broker", &broker.url(), "");
+    setup.write_config_with("max_age = \"2s\"\n", &sink);
+    let _daemon = setup.start();
+    let first = emit_one(&setup.socket(), "door.opened", serde_json::json!({}));
+    wait_until(Duration::from_secs(20), "the first event", || {
+        sub.event_count() == 1
+    });
+    broker.stop();
+    let emitted = Instant::now();
+    let stale: Vec<String> = (0..3)
+        .map(|_| emit_one(&setup.socket(), "door.opened", serde_json::json!({})))
+        .collect();
+    // What is waited for here is time itself: the events' age past max_age, on the daemon's
+    // clock of real time, with the broker still down.
+    wait_until(Duration::from_secs(10), "the events to outlive max_age", || {
+        emitted.elapsed() > Duration::from_millis(2500)
+    });
+    broker.restart();
+    let fresh = emit_one(&setup.socket(), "door.opened", serde_json::json!({}));
+    wait_until(Duration::from_secs(20), "the fresh event", || {
+        sub.event_count() == 2
+    });
+    wait_until(Duration::from_secs(10), "three dead letters", || {
+        setup.sink_status("broker")["dead_letters"] == 3
+    });
+    let got: Vec<String> = sub.events().iter().map(Message::event_id).collect();
+    assert_eq!(got, [first, fresh], "no stale event was published");
+    let out = run(
+        &setup.config,
+        &["dead-letters", "--sink", "broker", "--json"],
+    );
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let dead = dead["dead_letters"].as_array().expect("a list").clone();
+    let mut ids: Vec<String> = dead
+        .iter()
+        .map(|d| {
+            assert_eq!(d["reason"], "expired", "{d}");
+            d["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut stale = stale;
+    stale.sort();
+    assert_eq!(ids, stale);
+}

@@ -126,6 +126,70 @@ struct Shared {
     ahead: ReadAhead,
 }
 
+/// What a refused attempt leads to, the same for every transport.
+enum Refusal {
+    /// That was the last attempt `max_attempts` allows: the delivery is a dead letter.
+    Dead(Report),
+    /// The failed attempt, and the wait before the next one.
+    Retry(Report, Duration),
+}
+
+impl Shared {
+    /// The dead letter for `d` once it has outlived `max_age` (after `attempts` attempts).
+    fn expired(&self, d: &Delivery, attempts: u32) -> Option<Report> {
+        (self.max_age_ms > 0 && clock::age_now_ms() - d.created_ms > self.max_age_ms).then(|| {
+            Report::Dead {
+                sink: self.id,
+                seq: d.seq,
+                at_ms: now_ms(),
+                reason: "expired".into(),
+                attempts,
+                measured: None,
+            }
+        })
+    }
+
+    /// The wait after one more failure in a row: full jitter up to `retry_max`.
+    fn backoff(&self, failures_in_row: &mut u32, rng: &mut impl rand::Rng) -> Duration {
+        *failures_in_row += 1;
+        let spec = &self.spec;
+        backoff::full_jitter(spec.retry_initial, spec.retry_max, *failures_in_row, rng)
+    }
+
+    /// Attempt number `attempts` of `d`, refused by the receiving end with `error`: a dead
+    /// letter (`rejected: …`) once `max_attempts` are spent, else a failure and a backoff.
+    fn refusal(
+        &self,
+        d: &Delivery,
+        attempts: u32,
+        error: &str,
+        measured: Measured,
+        failures_in_row: &mut u32,
+        rng: &mut impl rand::Rng,
+    ) -> Refusal {
+        if attempts >= self.spec.max_attempts {
+            return Refusal::Dead(Report::Dead {
+                sink: self.id,
+                seq: d.seq,
+                at_ms: now_ms(),
+                reason: format!("rejected: {error}"),
+                attempts,
+                measured: Some(measured),
+            });
+        }
+        let wait = self.backoff(failures_in_row, rng);
+        let failed = Report::Failed {
+            sink: self.id,
+            seq: d.seq,
+            at_ms: now_ms(),
+            error: error.to_string(),
+            state: SinkState::BackingOff,
+            measured,
+        };
+        Refusal::Retry(failed, wait)
+    }
+}
+
 /// The deliveries an HTTP feeder has read ahead, in outbox order, for the sink's workers to
 /// take one at a time. The feeder tops it up only once it runs low (`READ_AHEAD_LOW`), so it
 /// wakes once a fetch rather than once a delivery (a channel bounded by the number of workers
@@ -378,15 +442,8 @@ fn deliver(s: &Shared, d: Delivery) {
             s.control.wait(seen, IDLE);
             continue;
         }
-        if s.max_age_ms > 0 && clock::age_now_ms() - d.created_ms > s.max_age_ms {
-            s.outbox.report_blocking(Report::Dead {
-                sink: s.id,
-                seq: d.seq,
-                at_ms: now_ms(),
-                reason: "expired".into(),
-                attempts,
-                measured: None,
-            });
+        if let Some(dead) = s.expired(&d, attempts) {
+            s.outbox.report_blocking(dead);
             return;
         }
         let Transport::Http(http) = &s.transport else {
@@ -426,48 +483,31 @@ fn deliver(s: &Shared, d: Delivery) {
                 });
                 continue;
             }
-            Outcome::Permanent { error } if attempts >= spec.max_attempts => {
-                let reason = format!("rejected: {error}");
-                log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
-                    "Sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
-                s.outbox.report_blocking(Report::Dead {
-                    sink: s.id,
-                    seq: d.seq,
-                    at_ms: now_ms(),
-                    reason,
-                    attempts,
-                    measured: Some(measured),
-                });
-                return;
-            }
             Outcome::Permanent { error } => {
-                failures_in_row += 1;
-                let wait = backoff::full_jitter(
-                    spec.retry_initial,
-                    spec.retry_max,
-                    failures_in_row,
-                    &mut rng,
-                );
-                log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
-                    "Sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
-                s.outbox.report_blocking(Report::Failed {
-                    sink: s.id,
-                    seq: d.seq,
-                    at_ms: now_ms(),
-                    error,
-                    state: SinkState::BackingOff,
+                match s.refusal(
+                    &d,
+                    attempts,
+                    &error,
                     measured,
-                });
-                wait
+                    &mut failures_in_row,
+                    &mut rng,
+                ) {
+                    Refusal::Dead(dead) => {
+                        log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
+                            "Sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
+                        s.outbox.report_blocking(dead);
+                        return;
+                    }
+                    Refusal::Retry(failed, wait) => {
+                        log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
+                            "Sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
+                        s.outbox.report_blocking(failed);
+                        wait
+                    }
+                }
             }
             Outcome::Transient { error, retry_after } => {
-                failures_in_row += 1;
-                let jitter = backoff::full_jitter(
-                    spec.retry_initial,
-                    spec.retry_max,
-                    failures_in_row,
-                    &mut rng,
-                );
+                let jitter = s.backoff(&mut failures_in_row, &mut rng);
                 let wait = match retry_after {
                     Some(r) => jitter.max(r.min(spec.retry_max)),
                     None => jitter,

@@ -21,9 +21,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::mqtt_wire::{self as wire, Incoming};
-use super::{FETCH, READ_AHEAD_LOW, Shared, SinkError, backoff};
+use super::{FETCH, READ_AHEAD_LOW, Refusal, Shared, SinkError, backoff};
 use crate::config::{MqttSpec, SinkKind, SinkSpec};
-use crate::outbox::{Delivery, Measured, Report, SinkState, clock, now_ms};
+use crate::outbox::{Delivery, Measured, Report, SinkState, now_ms};
 
 /// The content type of every event published.
 const CONTENT_TYPE: &str = "application/json";
@@ -768,16 +768,8 @@ impl<'a> Session<'a> {
             let Some(d) = self.queued.pop_front() else {
                 break;
             };
-            if s.max_age_ms > 0 && clock::age_now_ms() - d.created_ms > s.max_age_ms {
-                let report = Report::Dead {
-                    sink: s.id,
-                    seq: d.seq,
-                    at_ms: now_ms(),
-                    reason: "expired".into(),
-                    attempts: d.attempts,
-                    measured: None,
-                };
-                s.outbox.report(report).await;
+            if let Some(dead) = s.expired(&d, d.attempts) {
+                s.outbox.report(dead).await;
                 continue;
             }
             let topic = self.sink.fill(&m.topic, &d.event_type);
@@ -904,40 +896,26 @@ impl<'a> Session<'a> {
         };
         let attempts = d.attempts + 1;
         let error = format!("MQTT reason {name}");
-        if attempts >= spec.max_attempts {
-            log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts;
-                "The broker of sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
-            s.outbox
-                .report(Report::Dead {
-                    sink: s.id,
-                    seq: d.seq,
-                    at_ms: now_ms(),
-                    reason: format!("rejected: {error}"),
-                    attempts,
-                    measured: Some(measured),
-                })
-                .await;
-            return;
-        }
-        self.failures_in_row += 1;
-        let wait = backoff::full_jitter(
-            spec.retry_initial,
-            spec.retry_max,
-            self.failures_in_row,
+        let refusal = s.refusal(
+            &d,
+            attempts,
+            &error,
+            measured,
+            &mut self.failures_in_row,
             &mut self.rng,
         );
+        let (failed, wait) = match refusal {
+            Refusal::Dead(dead) => {
+                log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts;
+                    "The broker of sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
+                s.outbox.report(dead).await;
+                return;
+            }
+            Refusal::Retry(failed, wait) => (failed, wait),
+        };
         log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = wait.as_millis() as u64;
             "The broker of sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
-        s.outbox
-            .report(Report::Failed {
-                sink: s.id,
-                seq: d.seq,
-                at_ms: now_ms(),
-                error,
-                state: SinkState::BackingOff,
-                measured,
-            })
-            .await;
+        s.outbox.report(failed).await;
         self.queued.push_front(Delivery { attempts, ..d });
         self.hold_until = Some(tokio::time::Instant::now() + wait);
     }
