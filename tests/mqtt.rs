@@ -647,9 +647,11 @@ fn events_older_than_max_age_while_the_broker_is_down_become_dead_letters_not_me
         .collect();
     // What is waited for here is time itself: the events' age past max_age, on the daemon's
     // clock of real time, with the broker still down.
-    wait_until(Duration::from_secs(10), "the events to outlive max_age", || {
-        emitted.elapsed() > Duration::from_millis(2500)
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the events to outlive max_age",
+        || emitted.elapsed() > Duration::from_millis(2500),
+    );
     broker.restart();
     let fresh = emit_one(&setup.socket(), "door.opened", serde_json::json!({}));
     wait_until(Duration::from_secs(20), "the fresh event", || {

@@ -4,6 +4,8 @@
 #   wait_background NAME          waits for it; on failure prints its output and fails; prints
 #                                 the last line matching $2 (when given) on success; does
 #                                 nothing for a NAME never started
+#   pause_background NAME         stops it (SIGSTOP, with its children) while something needs a
+#                                 quiet machine; resume_background NAME lets it go on
 #   stop_backgrounds              kills what is still running, with its children (for a trap)
 declare -gA background_pid=() background_log=()
 
@@ -29,13 +31,32 @@ wait_background() {
   rm -f "$log"
 }
 
-# Kills a process and its descendants, children first.
+# Kills a process and its descendants, children first (and wakes them, should they be paused).
 kill_tree() {
   local child
   for child in $(pgrep -P "$1" 2>/dev/null); do
     kill_tree "$child"
   done
   kill "$1" 2>/dev/null || true
+  kill -CONT "$1" 2>/dev/null || true
+}
+
+# Sends SIGNAL to a process and then to its descendants: parents first, so that a stopped
+# parent starts no child the walk would miss.
+signal_tree() {
+  local child
+  kill "-$1" "$2" 2>/dev/null || true
+  for child in $(pgrep -P "$2" 2>/dev/null); do
+    signal_tree "$1" "$child"
+  done
+}
+
+pause_background() {
+  [ -z "${background_pid[$1]:-}" ] || signal_tree STOP "${background_pid[$1]}"
+}
+
+resume_background() {
+  [ -z "${background_pid[$1]:-}" ] || signal_tree CONT "${background_pid[$1]}"
 }
 
 stop_backgrounds() {

@@ -59,9 +59,12 @@ cross_faketime() {
     rm -rf "$work"
   fi
   # On 32-bit ARM, Rust reads the clock through __clock_gettime64, which libfaketime misses.
+  # Built when missing or older than its source only: a suite may be running with it.
+  local src
+  src="$(dirname "${BASH_SOURCE[0]}")/faketime-time64.c"
   case "$t" in armv7-*)
-    "$(gnu_triple "$t")-gcc" -shared -fPIC -O2 -o "$dest/libfaketime-time64.so" \
-      "$(dirname "${BASH_SOURCE[0]}")/faketime-time64.c" ;;
+    [ "$dest/libfaketime-time64.so" -nt "$src" ] \
+      || "$(gnu_triple "$t")-gcc" -shared -fPIC -O2 -o "$dest/libfaketime-time64.so" "$src" ;;
   esac
 }
 
