@@ -14,7 +14,7 @@ use crate::drain::{
     arrival_rate, configure, copy_of, limit, pending, start_draining, wait_drained,
 };
 use crate::ingest::{emit_concurrently, parked_sink, sink};
-use crate::measure::{cpu_time, status_kib, write_bytes};
+use crate::measure::{CpuMeter, cpu_time, status_kib, write_bytes};
 use crate::receiver::Receiver;
 
 /// Starts the daemon with `NOTIFY_SOCKET` and returns it with the time from exec to `READY=1`.
@@ -129,6 +129,8 @@ pub struct Rest {
     pub idle_anon_kib: u64,
     pub idle_file_kib: u64,
     pub idle_cpu: Duration,
+    /// How `idle_cpu` was measured.
+    pub idle_cpu_by: String,
     /// From `emit` of one event to its arrival at the receiver: the first after the time at
     /// rest (the daemon maps the code it runs again), and the next one.
     pub first_after_rest: Duration,
@@ -143,9 +145,21 @@ pub fn memory_and_idle(backlog: &Setup, receiver: &Receiver, idle: Duration) -> 
     let peak_kib = status_kib(pid, "VmHWM");
     // Let the last reports and the checkpoint settle before the idle window starts.
     std::thread::sleep(Duration::from_secs(1));
-    let cpu_before = cpu_time(pid);
-    std::thread::sleep(idle);
-    let idle_cpu = cpu_time(pid) - cpu_before;
+    let (idle_cpu, idle_cpu_by) = match CpuMeter::attach(pid) {
+        Ok(meter) => {
+            std::thread::sleep(idle);
+            (
+                meter.used(),
+                "its cgroup's cpu.stat, to the microsecond".to_string(),
+            )
+        }
+        Err(why) => {
+            let before = cpu_time(pid);
+            std::thread::sleep(idle);
+            let by = format!("clock ticks of /proc/PID/stat ({why})");
+            (cpu_time(pid) - before, by)
+        }
+    };
     let (idle_rss_kib, idle_anon_kib, idle_file_kib) = (
         status_kib(pid, "VmRSS"),
         status_kib(pid, "RssAnon"),
@@ -157,6 +171,7 @@ pub fn memory_and_idle(backlog: &Setup, receiver: &Receiver, idle: Duration) -> 
         idle_anon_kib,
         idle_file_kib,
         idle_cpu,
+        idle_cpu_by,
         first_after_rest: emit_to_arrival(&setup, receiver),
         next: emit_to_arrival(&setup, receiver),
     }

@@ -522,8 +522,9 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                     name: "idle CPU",
                     group,
                     how: format!(
-                        "CPU time over {} s with nothing to do",
-                        scale.idle.as_secs()
+                        "user + system CPU time over {} s with nothing to do, from 1 s after a drain (its settling included), by {}",
+                        scale.idle.as_secs(),
+                        rest.idle_cpu_by
                     ),
                     unit: "ms",
                     value: Spread::of(vec![rest.idle_cpu.as_secs_f64() * 1000.0]),

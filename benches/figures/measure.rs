@@ -58,7 +58,8 @@ pub fn status_kib(pid: i32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field}"))
 }
 
-/// User plus system CPU time of a process so far.
+/// User plus system CPU time of a process so far, in clock ticks (10 ms here): what `ps` and
+/// `top` show, too coarse for a daemon at rest.
 pub fn cpu_time(pid: i32) -> Duration {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
     // Fields after the command name, which is in parentheses and may hold spaces.
@@ -70,6 +71,70 @@ pub fn cpu_time(pid: i32) -> Duration {
         .flatten()
         .unwrap_or(100) as u64;
     Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// The CPU time of one process and all its threads, to the microsecond, those that end
+/// meanwhile included: the process is moved into a cgroup of its own (v2) and its `cpu.stat`
+/// read. Threads' own `schedstat` would lose a thread that ends in between (the runtime's
+/// blocking threads end after 10 s of nothing to do); the clock ticks of `/proc/PID/stat`
+/// count whole 10 ms ticks.
+pub struct CpuMeter {
+    group: std::path::PathBuf,
+    /// The cgroup the process came from (its `cgroup.procs`), to go back to when done.
+    home: std::path::PathBuf,
+    pid: i32,
+}
+
+impl CpuMeter {
+    /// Moves `pid` into a new cgroup; why not when that cannot be done (no cgroup v2 mounted,
+    /// or not allowed to make one).
+    pub fn attach(pid: i32) -> Result<CpuMeter, String> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+        // mountinfo: "... mount-point options ... - fstype source options"
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                (right.split_whitespace().next()? == "cgroup2")
+                    .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+            })
+            .ok_or("no cgroup v2 hierarchy is mounted")?;
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map_err(|e| e.to_string())?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("0::")
+                    .map(|p| p.trim_start_matches('/').to_string())
+            })
+            .ok_or("the process is in no cgroup v2")?;
+        let home = root.join(own).join("cgroup.procs");
+        let group = root.join(format!("edgehook-bench-{pid}"));
+        std::fs::create_dir(&group).map_err(|e| format!("{}: {e}", group.display()))?;
+        if let Err(e) = std::fs::write(group.join("cgroup.procs"), pid.to_string()) {
+            let _ = std::fs::remove_dir(&group);
+            return Err(format!("moving {pid} into {}: {e}", group.display()));
+        }
+        Ok(CpuMeter { group, home, pid })
+    }
+
+    /// User plus system time of the process since `attach`.
+    pub fn used(&self) -> Duration {
+        let stat = std::fs::read_to_string(self.group.join("cpu.stat")).expect("cpu.stat");
+        let usec = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("usage_usec in cpu.stat");
+        Duration::from_micros(usec)
+    }
+}
+
+impl Drop for CpuMeter {
+    fn drop(&mut self) {
+        // A process that has ended has left the group already.
+        let _ = std::fs::write(&self.home, self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.group);
+    }
 }
 
 /// Bytes a process has caused to be sent to storage (`write_bytes` of /proc/PID/io).
