@@ -1,9 +1,11 @@
 //! What an acknowledgement rests on, with `durability = full`, seen in the daemon's own system
 //! calls: an event is acknowledged only once a sync of the outbox's WAL that began after the
 //! commit storing it has returned, and the WAL's name is synced into its directory before the
-//! first acknowledgement. A power cut loses what was written and not synced; so whatever the
-//! outbox does to keep its syncs off the critical path (they run on a thread of their own while
-//! the next batch is inserted), this is what keeps every acknowledged event through one.
+//! first acknowledgement. A power cut loses what was written and not synced, so this is what
+//! keeps every acknowledged event through one, whoever makes the sync (SQLite inside the commit
+//! with `synchronous = FULL` today, or any other arrangement a later change makes to take the
+//! sync off the outbox thread's path). The kill -9 tests cannot show it: the page cache
+//! survives a killed process.
 //!
 //! `strace` records, per thread, the daemon's writes to the WAL (each frame's 24-byte header,
 //! whose bytes 4-7 are non-zero on the frame that commits, then its page), its `fsync` and

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Measured, Opened,
@@ -85,9 +85,8 @@ pub(super) struct Store {
     decommissioned: bool,
     /// Some stored event has a producer's id (in `supplied_ids`).
     any_supplied: bool,
-    /// With `durability = full`, the thread that syncs the WAL behind the commits that
-    /// acknowledge something, and answers them after (`syncer`).
-    syncer: Option<Syncer>,
+    /// Commits are synced now (`PRAGMA synchronous = FULL`).
+    syncing: bool,
     /// SQLite reported the file corrupt during this batch.
     corrupt: Option<String>,
     /// A write of this batch failed for want of space on the disk.
@@ -115,10 +114,6 @@ pub(super) struct Store {
 pub(super) mod delivered;
 #[path = "recovery.rs"]
 mod recovery;
-#[path = "syncer.rs"]
-mod syncer;
-
-use syncer::{Durable, Reply, Syncer};
 
 /// The in-memory counters, kept to be restored when a transaction is rolled back.
 type Snapshot = (i64, i64, i64, BTreeMap<SinkId, SinkRow>, bool);
@@ -201,7 +196,7 @@ impl Store {
             to_wake: BTreeSet::new(),
             decommissioned: facts.lifecycle.as_deref() == Some(DECOMMISSIONED),
             any_supplied,
-            syncer: None,
+            syncing: limits.durability == Durability::Full,
             corrupt: None,
             no_space: false,
             disk_full: false,
@@ -215,15 +210,6 @@ impl Store {
         };
         store.start_clock().map_err(err)?;
         store.load_sinks().map_err(err)?;
-        if limits.durability == Durability::Full {
-            // Opening synced what it wrote; from now on the syncer syncs the commits.
-            store
-                .conn
-                .execute_batch("PRAGMA synchronous = NORMAL")
-                .map_err(err)?;
-            store.syncer =
-                Some(Syncer::start(&store.path).map_err(|e| StoreError::io(&store.path, e))?);
-        }
         Ok((
             store,
             Opened {
@@ -301,12 +287,34 @@ impl Store {
                 give_back(&self.conn);
             }
         }
-        // What waits for a sync is answered before the last checkpoint.
-        drop(self.syncer.take());
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Command>) {
+        enum Answer {
+            Append(
+                oneshot::Sender<Result<Appended, AppendError>>,
+                Result<Appended, AppendError>,
+            ),
+            Fetch(
+                oneshot::Sender<Result<Vec<Delivery>, String>>,
+                Result<Vec<Delivery>, String>,
+            ),
+            Routes(
+                oneshot::Sender<Result<Vec<SinkId>, String>>,
+                Result<Vec<SinkId>, String>,
+            ),
+            Transition(
+                oneshot::Sender<Result<Option<Appended>, AppendError>>,
+                Result<Option<Appended>, AppendError>,
+            ),
+            Redeliver(
+                oneshot::Sender<Result<Redelivered, String>>,
+                Result<Redelivered, String>,
+            ),
+            Done(oneshot::Sender<()>),
+            Totals(oneshot::Sender<Totals>),
+        }
         let mut answers = Vec::with_capacity(batch.len());
         // While the disk is full, writes are tried once a second; in between, events are
         // refused and delivery reports kept, so that fetches still succeed and sinks deliver.
@@ -322,8 +330,9 @@ impl Store {
             self.record_alone(kept);
         }
         self.offset_ms = clock::offset_ms();
-        let acknowledges = batch.iter().any(Command::acknowledges);
-        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+        let began = self
+            .sync_commit_if(batch.iter().any(Command::acknowledges))
+            .and_then(|_| self.conn.execute_batch("BEGIN IMMEDIATE"));
         let snapshot = self.snapshot();
         let mut reports = Vec::new();
         let mut stored_any = false;
@@ -332,32 +341,34 @@ impl Store {
             if let Some(f) = &failure {
                 match cmd {
                     Command::Append(_, reply) => {
-                        answers.push(Reply::Append(reply, Err(AppendError::Storage(f.clone()))))
+                        answers.push(Answer::Append(reply, Err(AppendError::Storage(f.clone()))))
                     }
-                    Command::Transition(_, reply) => answers.push(Reply::Transition(
+                    Command::Transition(_, reply) => answers.push(Answer::Transition(
                         reply,
                         Err(AppendError::Storage(f.clone())),
                     )),
                     Command::Fetch { reply, .. } => {
-                        answers.push(Reply::Fetch(reply, Err(f.clone())))
+                        answers.push(Answer::Fetch(reply, Err(f.clone())))
                     }
-                    Command::Routes(_, reply) => answers.push(Reply::Routes(reply, Err(f.clone()))),
-                    Command::Expire(_, reply) => answers.push(Reply::Done(reply)),
+                    Command::Routes(_, reply) => {
+                        answers.push(Answer::Routes(reply, Err(f.clone())))
+                    }
+                    Command::Expire(_, reply) => answers.push(Answer::Done(reply)),
                     Command::Redeliver(_, reply) => {
-                        answers.push(Reply::Redeliver(reply, Err(f.clone())))
+                        answers.push(Answer::Redeliver(reply, Err(f.clone())))
                     }
-                    Command::Totals(reply) => answers.push(Reply::Totals(reply, Totals::default())),
+                    Command::Totals(reply) => answers.push(Answer::Totals(reply)),
                     Command::Report(report) => reports.push(report),
                 }
                 continue;
             }
             let cmd = match cmd {
                 Command::Append(_, reply) if hold => {
-                    answers.push(Reply::Append(reply, Err(AppendError::NoSpace)));
+                    answers.push(Answer::Append(reply, Err(AppendError::NoSpace)));
                     continue;
                 }
                 Command::Transition(_, reply) if hold => {
-                    answers.push(Reply::Transition(reply, Err(AppendError::NoSpace)));
+                    answers.push(Answer::Transition(reply, Err(AppendError::NoSpace)));
                     continue;
                 }
                 Command::Report(report) if hold => {
@@ -370,11 +381,11 @@ impl Store {
             let outcome = match cmd {
                 Command::Append(event, reply) => match self.append(event) {
                     Ok(r) => {
-                        answers.push(Reply::Append(reply, r));
+                        answers.push(Answer::Append(reply, r));
                         Ok(())
                     }
                     Err(e) => {
-                        answers.push(Reply::Append(
+                        answers.push(Answer::Append(
                             reply,
                             Err(AppendError::Storage(e.to_string())),
                         ));
@@ -383,11 +394,11 @@ impl Store {
                 },
                 Command::Transition(t, reply) => match self.transition(t) {
                     Ok(r) => {
-                        answers.push(Reply::Transition(reply, r));
+                        answers.push(Answer::Transition(reply, r));
                         Ok(())
                     }
                     Err(e) => {
-                        answers.push(Reply::Transition(
+                        answers.push(Answer::Transition(
                             reply,
                             Err(AppendError::Storage(e.to_string())),
                         ));
@@ -404,7 +415,7 @@ impl Store {
                         self.notice(&e);
                         e.to_string()
                     });
-                    answers.push(Reply::Fetch(reply, r));
+                    answers.push(Answer::Fetch(reply, r));
                     Ok(())
                 }
                 Command::Report(report) => {
@@ -413,30 +424,30 @@ impl Store {
                 }
                 Command::Routes(routes, reply) => match self.set_routes(routes) {
                     Ok(ids) => {
-                        answers.push(Reply::Routes(reply, Ok(ids)));
+                        answers.push(Answer::Routes(reply, Ok(ids)));
                         Ok(())
                     }
                     Err(e) => {
-                        answers.push(Reply::Routes(reply, Err(e.to_string())));
+                        answers.push(Answer::Routes(reply, Err(e.to_string())));
                         Err(e)
                     }
                 },
                 Command::Redeliver(which, reply) => match self.redeliver(&which) {
                     Ok(r) => {
-                        answers.push(Reply::Redeliver(reply, Ok(r)));
+                        answers.push(Answer::Redeliver(reply, Ok(r)));
                         Ok(())
                     }
                     Err(e) => {
-                        answers.push(Reply::Redeliver(reply, Err(e.to_string())));
+                        answers.push(Answer::Redeliver(reply, Err(e.to_string())));
                         Err(e)
                     }
                 },
                 Command::Expire(now_ms, reply) => {
-                    answers.push(Reply::Done(reply));
+                    answers.push(Answer::Done(reply));
                     self.expire(now_ms)
                 }
                 Command::Totals(reply) => {
-                    answers.push(Reply::Totals(reply, Totals::default()));
+                    answers.push(Answer::Totals(reply));
                     Ok(())
                 }
             };
@@ -469,38 +480,79 @@ impl Store {
         }
         self.note_space(no_space, stored_any && failure.is_none());
         let totals = self.totals();
-        let replies = answers
-            .into_iter()
-            .map(|a| match a {
-                Reply::Append(reply, r) => Reply::Append(reply, settled(&failure, no_space, r)),
-                Reply::Transition(reply, r) => {
-                    Reply::Transition(reply, settled(&failure, no_space, r))
+        for a in answers {
+            match a {
+                Answer::Append(reply, r) => {
+                    let r = match (&failure, r) {
+                        (Some(_), Ok(_) | Err(AppendError::Storage(_))) if no_space => {
+                            Err(AppendError::NoSpace)
+                        }
+                        (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
+                        (_, r) => r,
+                    };
+                    let _ = reply.send(r);
                 }
-                Reply::Fetch(reply, r) => Reply::Fetch(reply, failure.clone().map_or(r, Err)),
-                Reply::Routes(reply, r) => Reply::Routes(reply, failure.clone().map_or(r, Err)),
-                Reply::Redeliver(reply, r) => {
-                    Reply::Redeliver(reply, failure.clone().map_or(r, Err))
+                Answer::Transition(reply, r) => {
+                    let r = match (&failure, r) {
+                        (Some(_), Ok(_) | Err(AppendError::Storage(_))) if no_space => {
+                            Err(AppendError::NoSpace)
+                        }
+                        (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
+                        (_, r) => r,
+                    };
+                    let _ = reply.send(r);
                 }
-                Reply::Totals(reply, _) => Reply::Totals(reply, totals),
-                done @ Reply::Done(_) => done,
-            })
-            .collect();
-        let wake = std::mem::take(&mut self.to_wake)
-            .into_iter()
-            .filter_map(|id| self.routes.iter().find(|(sid, _)| *sid == id))
-            .map(|(_, route)| route.wake.clone())
-            .collect();
-        let batch = Durable { replies, wake };
-        // With `durability = full` what a commit acknowledges waits for the WAL's sync
-        // (`syncer`); a commit of delivery reports alone is not synced: a power cut can then
-        // lose that record, and the deliveries are made again (at least once), while the next
-        // synced commit makes it durable too (the WAL is one file, synced whole). On a drain
-        // that saves a sync for every batch of reports, the most expensive thing an SD card
-        // does. A failed batch stored nothing, so its errors need no sync either.
-        match &self.syncer {
-            Some(syncer) if acknowledges && failure.is_none() => syncer.after_sync(batch),
-            _ => batch.release(),
+                Answer::Fetch(reply, r) => {
+                    let r = match &failure {
+                        Some(f) => Err(f.clone()),
+                        None => r,
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Routes(reply, r) => {
+                    let r = match &failure {
+                        Some(f) => Err(f.clone()),
+                        None => r,
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Redeliver(reply, r) => {
+                    let r = match &failure {
+                        Some(f) => Err(f.clone()),
+                        None => r,
+                    };
+                    let _ = reply.send(r);
+                }
+                Answer::Done(reply) => {
+                    let _ = reply.send(());
+                }
+                Answer::Totals(reply) => {
+                    let _ = reply.send(totals);
+                }
+            }
         }
+        for id in std::mem::take(&mut self.to_wake) {
+            if let Some((_, route)) = self.routes.iter().find(|(sid, _)| *sid == id) {
+                route.wake.raise();
+            }
+        }
+    }
+
+    /// With `durability = full`, a transaction that acknowledges something to a producer (an
+    /// event stored, a fact changed, a command done) is synced before the reply; one that only
+    /// records how deliveries went is not: a power cut can then lose that record, and the
+    /// deliveries are made again (at least once), while the next synced commit makes it
+    /// durable too (the WAL is one file, synced whole). On a drain that saves a sync for every
+    /// batch of reports, the most expensive thing an SD card does.
+    fn sync_commit_if(&mut self, acknowledges: bool) -> rusqlite::Result<()> {
+        let sync = acknowledges && self.limits.durability == Durability::Full;
+        if sync != self.syncing {
+            let mode = if sync { "FULL" } else { "NORMAL" };
+            self.conn
+                .execute_batch(&format!("PRAGMA synchronous = {mode}"))?;
+            self.syncing = sync;
+        }
+        Ok(())
     }
 
     fn totals(&self) -> Totals {
@@ -1055,20 +1107,6 @@ impl Store {
 }
 
 /// Whether `batch` holds delivery reports and nothing else (nothing a caller waits for).
-/// An event's or a fact's answer once the batch is over: a failed batch stored nothing, and one
-/// that failed for want of space says so.
-fn settled<T>(
-    failure: &Option<String>,
-    no_space: bool,
-    r: Result<T, AppendError>,
-) -> Result<T, AppendError> {
-    match (failure, r) {
-        (Some(_), Ok(_) | Err(AppendError::Storage(_))) if no_space => Err(AppendError::NoSpace),
-        (Some(f), Ok(_)) => Err(AppendError::Storage(f.clone())),
-        (_, r) => r,
-    }
-}
-
 fn only_reports(batch: &[Command]) -> bool {
     batch.iter().all(|c| matches!(c, Command::Report(_)))
 }
