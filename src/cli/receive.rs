@@ -70,7 +70,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     receiver.serve(
         |r| {
             let mut out = std::io::stdout().lock();
-            let mut line = crate::event::compact(&String::from_utf8_lossy(&r.body));
+            let mut line = crate::event::compact(&String::from_utf8_lossy(&r.body)).into_owned();
             line.push('\n');
             let _ = out.write_all(line.as_bytes());
             let _ = out.flush();
