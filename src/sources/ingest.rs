@@ -16,8 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio_util::bytes::Buf;
-use tokio_util::bytes::{Bytes, BytesMut};
+use tokio_util::bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::control::{self, Answer, Op};
