@@ -378,6 +378,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
         let broker = common::broker::Broker::start_quiet(work);
         let value = repeat(1, runs, || drain::mqtt(&backlog, &broker, n));
         let same = drain::Messages::as_edgehook_publishes(&backlog);
+        drain::check_mosquitto_pub_sends_all(work, &broker, &same);
         let anchor = repeat(1, runs, || drain::mosquitto_pub_rate(work, &broker, &same));
         let bare = drain::Messages::payloads(n);
         let plain = repeat(1, runs, || drain::mosquitto_pub_rate(work, &broker, &bare));
