@@ -395,8 +395,9 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 value,
                 anchor: Some((
                     format!(
-                        "mosquitto_pub -l -q 1, the same messages (envelopes and properties), {} in flight, less its fixed start and exit; with the bare 256-byte payloads and no properties {:.0} (ratio {:.2})",
+                        "mosquitto_pub -l -q 1, the same messages (envelopes and properties), {} in flight, in runs of at most {}, less its fixed start and exit; with the bare 256-byte payloads and no properties {:.0} (ratio {:.2})",
                         drain::MQTT_WINDOW,
+                        drain::MOSQUITTO_PUB_RUN,
                         plain.median,
                         value.median / plain.median
                     ),
