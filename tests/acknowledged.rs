@@ -17,8 +17,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 
@@ -41,63 +40,6 @@ struct Call {
     ok: bool,
     /// An `openat` with `O_CREAT`.
     creates: bool,
-}
-
-/// strace running `edgehook run`; on drop the daemon is killed, then strace.
-struct Traced {
-    strace: Child,
-}
-
-impl Traced {
-    fn start(setup: &Setup, out: &Path) -> Traced {
-        let daemon = edgehook();
-        let strace = Command::new("strace")
-            .args(["-ff", "-ttt", "-T", "-y", "-xx", "-s", "4096"])
-            .arg("-e")
-            .arg("trace=pwrite64,pwritev,write,writev,sendto,sendmsg,fsync,fdatasync,openat")
-            .arg("-o")
-            .arg(out)
-            .arg(daemon.get_program())
-            .args(daemon.get_args())
-            .arg("--config")
-            .arg(&setup.config)
-            .arg("run")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("strace runs (scripts/test installs it)");
-        Traced { strace }
-    }
-
-    /// Signals the traced processes (the daemon, or the emulator running it).
-    fn signal(&self, name: &str) {
-        let _ = Command::new("pkill")
-            .arg(format!("-{name}"))
-            .arg("-P")
-            .arg(self.strace.id().to_string())
-            .status();
-    }
-
-    /// SIGTERM to the daemon; waits for strace to end with it.
-    fn stop(&mut self) {
-        self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.strace.try_wait().expect("strace").is_none() {
-            assert!(Instant::now() < deadline, "the traced daemon did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        if self.strace.try_wait().ok().flatten().is_none() {
-            self.signal("KILL");
-            let _ = self.strace.kill();
-            let _ = self.strace.wait();
-        }
-    }
 }
 
 /// `\xNN…` as strace -xx prints a string.
@@ -207,11 +149,21 @@ fn every_event_is_acknowledged_after_a_sync_of_the_wal_that_began_after_its_comm
         "[[sink]]\nname = \"cloud\"\nurl = \"http://127.0.0.1:1/hook\"\nevents = [\"t.*\"]\n[sink.retry]\ninitial = \"1h\"\nmax = \"1h\"\n[sink.signing]\nscheme = \"none\"\n",
     );
     let prefix = setup.dir.path().join("trace");
-    let mut traced = Traced::start(&setup, &prefix);
+    let mut traced = setup.start_under(&[
+        "strace",
+        "-ff",
+        "-ttt",
+        "-T",
+        "-y",
+        "-xx",
+        "-s",
+        "4096",
+        "-e",
+        "trace=pwrite64,pwritev,write,writev,sendto,sendmsg,fsync,fdatasync,openat",
+        "-o",
+        prefix.to_str().expect("a UTF-8 path"),
+    ]);
     let socket = setup.socket();
-    wait_until(Duration::from_secs(60), "the traced daemon", || {
-        edgehook::client::daemon_running(&socket)
-    });
 
     let per = scaled(PER_CLIENT);
     let acked: Vec<String> = std::thread::scope(|s| {
@@ -227,7 +179,11 @@ fn every_event_is_acknowledged_after_a_sync_of_the_wal_that_began_after_its_comm
             .collect()
     });
     assert_eq!(acked.len(), CLIENTS * per);
-    traced.stop();
+    assert_eq!(
+        traced.terminate(),
+        Some(0),
+        "the traced daemon stops cleanly"
+    );
 
     let db = setup.db();
     let wal = format!("{}-wal", db.display());

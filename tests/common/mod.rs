@@ -140,7 +140,15 @@ impl Setup {
 
     /// Starts the daemon and waits until it answers on its socket.
     pub fn start(&self) -> Daemon {
-        Daemon::start(self)
+        Daemon::start(self, Vec::new())
+    }
+
+    /// Starts the daemon under `wrapper` (a program and its arguments, which run the command
+    /// that follows them, as `strace -o …` does) and waits until it answers on its socket.
+    /// The daemon's signals go to the wrapper's children: the daemon, or the emulator running
+    /// it.
+    pub fn start_under(&self, wrapper: &[&str]) -> Daemon {
+        Daemon::start(self, wrapper.iter().map(|w| w.to_string()).collect())
     }
 
     /// `edgehook status --json`.
@@ -210,6 +218,8 @@ pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A running daemon process.
 pub struct Daemon {
     child: Option<Child>,
+    /// What runs the daemon (`Setup::start_under`); empty for nothing.
+    wrapper: Vec<String>,
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -217,9 +227,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(setup: &Setup) -> Daemon {
+    fn start(setup: &Setup, wrapper: Vec<String>) -> Daemon {
         let mut d = Daemon {
             child: None,
+            wrapper,
             config: setup.config.clone(),
             socket: setup.socket(),
             log: setup.dir.path().join("daemon.log"),
@@ -245,7 +256,8 @@ impl Daemon {
     pub fn wait_ready(&mut self) {
         let socket = self.socket.clone();
         let log_path = self.log.clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A minute: an emulator under strace starts slowly.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let exited = loop {
             if edgehook::client::daemon_running(&socket) {
                 return;
@@ -276,7 +288,18 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = edgehook()
+        let daemon = edgehook();
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args)
+                    .arg(daemon.get_program())
+                    .args(daemon.get_args());
+                c
+            }
+            None => daemon,
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .arg("run")
@@ -296,20 +319,37 @@ impl Daemon {
     /// `kill -9`, then wait for the process to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if !self.wrapper.is_empty() {
+                self.signal(c.id(), "KILL");
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// SIGTERM and wait; returns the exit code.
+    /// SIGTERM and wait; returns the exit code (under a wrapper, the wrapper's).
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        signal(c.id() as i32, "TERM");
+        self.signal(c.id(), "TERM");
         c.wait().ok().and_then(|s| s.code())
     }
 
     pub fn hup(&self) {
-        signal(self.pid(), "HUP");
+        self.signal(self.pid() as u32, "HUP");
+    }
+
+    /// Sends signal `name` to the daemon whose process (or wrapper's) is `pid`.
+    fn signal(&self, pid: u32, name: &str) {
+        if self.wrapper.is_empty() {
+            signal(pid as i32, name);
+        } else {
+            // pkill fails when no child is left, which a wrapper outliving its child may be.
+            let _ = Command::new("pkill")
+                .arg(format!("-{name}"))
+                .arg("-P")
+                .arg(pid.to_string())
+                .status();
+        }
     }
 
     pub fn restart(&mut self) {
