@@ -291,6 +291,9 @@ impl Store {
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Command>) {
+        if self.answer_idle(batch) {
+            return;
+        }
         enum Answer {
             Append(
                 oneshot::Sender<Result<Appended, AppendError>>,
@@ -536,6 +539,44 @@ impl Store {
                 route.wake.raise();
             }
         }
+    }
+
+    /// Answers a batch of the daemon's idle timers alone (`Totals`, and `Expire` while the
+    /// outbox holds no event and no dead letter, so that nothing can expire) from what is kept
+    /// in memory, without a transaction, when it would write nothing: no counter or clock
+    /// offset unwritten, no report kept through a full disk. An idle daemon with an empty
+    /// outbox then runs none of SQLite's code on its timers, which would map the binary's pages
+    /// again after `give_back` (64 KiB around each page touched: 1.1–1.4 MiB back in the RSS at
+    /// the first status tick or expiry after it). Returns whether it answered.
+    fn answer_idle(&mut self, batch: &mut Vec<Command>) -> bool {
+        let nothing_to_expire = self.events == 0 && self.sinks.values().all(|row| row.dead == 0);
+        let idle = batch.iter().all(|c| match c {
+            Command::Totals(_) => true,
+            Command::Expire(..) => nothing_to_expire,
+            _ => false,
+        });
+        if !idle
+            || self.disk_full
+            || !self.unrecorded.is_empty()
+            || self.counts_dirty
+            || !self.dirty.is_empty()
+            || self.saved_offset_ms != Some(clock::offset_ms())
+        {
+            return false;
+        }
+        let totals = self.totals();
+        for c in batch.drain(..) {
+            match c {
+                Command::Totals(reply) => {
+                    let _ = reply.send(totals);
+                }
+                Command::Expire(_, reply) => {
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+        true
     }
 
     /// With `durability = full`, a transaction that acknowledges something to a producer (an
