@@ -212,6 +212,36 @@ fn expiry_turns_old_deliveries_into_dead_letters_and_later_ages_them_out() {
 }
 
 #[test]
+fn the_idle_timers_of_an_empty_outbox_are_answered_without_a_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "max_age = \"1h\"", &[("a", "\"*\"")]);
+    let (outbox, _, thread) = open(&cfg);
+    let rt = rt();
+    // Another connection holds the write lock: a transaction would wait the outbox's busy
+    // timeout (5 s) for it and then fail, so an answer sooner came without one.
+    let lock = rusqlite::Connection::open(dir.path().join("outbox.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let asked = std::time::Instant::now();
+    let totals = rt.block_on(outbox.totals()).unwrap();
+    rt.block_on(outbox.expire(now_ms()));
+    let took = asked.elapsed();
+    lock.execute_batch("ROLLBACK").unwrap();
+    assert_eq!((totals.events, totals.pending), (0, 0));
+    assert!(
+        took < Duration::from_secs(5),
+        "a status tick and an expiry of an empty outbox took {took:?}: they waited for the write lock"
+    );
+    // With an event stored, the expiry runs its query, in a transaction, and finds it.
+    let mut old = event(1, "x");
+    old.created_ms = now_ms() - 2 * 3600 * 1000;
+    outbox.append_blocking(old).unwrap();
+    rt.block_on(outbox.expire(now_ms()));
+    let totals = rt.block_on(outbox.totals()).unwrap();
+    assert_eq!((totals.events, totals.pending, totals.dead), (1, 0, 1));
+    close(outbox, thread);
+}
+
+#[test]
 fn dead_letters_are_bounded_per_sink() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "max_dead_letters = 2", &[("a", "\"*\"")]);
