@@ -42,6 +42,13 @@ fn event(n: usize, t: &str) -> NewEvent {
     crate::event::build_value(None, t, &data, SystemTime::now())
 }
 
+/// An event of type `x` stored two hours ago (older than a `max_age` of 1h).
+fn stale_event(n: usize) -> NewEvent {
+    let mut e = event(n, "x");
+    e.created_ms = now_ms() - 2 * 3600 * 1000;
+    e
+}
+
 fn close(outbox: Outbox, thread: std::thread::JoinHandle<()>) {
     drop(outbox);
     thread.join().unwrap();
@@ -184,9 +191,7 @@ fn expiry_turns_old_deliveries_into_dead_letters_and_later_ages_them_out() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "max_age = \"1h\"", &[("a", "\"*\"")]);
     let (outbox, ids, thread) = open(&cfg);
-    let mut old = event(1, "x");
-    old.created_ms = now_ms() - 2 * 3600 * 1000;
-    outbox.append_blocking(old).unwrap();
+    outbox.append_blocking(stale_event(1)).unwrap();
     outbox.append_blocking(event(2, "x")).unwrap();
     let rt = rt();
     rt.block_on(outbox.expire(now_ms()));
@@ -232,9 +237,7 @@ fn the_idle_timers_of_an_empty_outbox_are_answered_without_a_transaction() {
         "a status tick and an expiry of an empty outbox took {took:?}: they waited for the write lock"
     );
     // With an event stored, the expiry runs its query, in a transaction, and finds it.
-    let mut old = event(1, "x");
-    old.created_ms = now_ms() - 2 * 3600 * 1000;
-    outbox.append_blocking(old).unwrap();
+    outbox.append_blocking(stale_event(1)).unwrap();
     rt.block_on(outbox.expire(now_ms()));
     let totals = rt.block_on(outbox.totals()).unwrap();
     assert_eq!((totals.events, totals.pending, totals.dead), (1, 0, 1));
