@@ -138,8 +138,16 @@ fn a_thousand_connections_at_once_are_served_and_one_more_is_refused_cleanly() {
     let growth = peaks[0].saturating_sub(before.rss_kib);
     let bound = 48 * 1024 + emulator_allowance_kib();
     assert!(growth < bound, "RSS grew by {growth} KiB");
+    // Natively the last three waves add 0.3-0.7 MiB. Under qemu-arm the peaks level off at the
+    // same size (73.6-73.8 MiB in five runs) but sometimes later: one wave as late as the seventh
+    // added 2.2 MiB, the last three 2.9 MiB. The bound still catches a leak of 2.1 KiB a
+    // connection.
+    let settling = if emulated() { 6 * 1024 } else { 2 * 1024 };
     let last = peaks[7].saturating_sub(peaks[4]);
-    assert!(last < 2 * 1024, "the last three thousand added {last} KiB");
+    assert!(
+        last < settling,
+        "the last three thousand added {last} KiB (bound {settling} KiB)"
+    );
     all_delivered(&receiver, &ids);
 }
 
