@@ -291,9 +291,6 @@ impl Store {
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Command>) {
-        if self.answer_idle(batch) {
-            return;
-        }
         enum Answer {
             Append(
                 oneshot::Sender<Result<Appended, AppendError>>,
@@ -333,9 +330,13 @@ impl Store {
             self.record_alone(kept);
         }
         self.offset_ms = clock::offset_ms();
-        let began = self
-            .sync_commit_if(batch.iter().any(Command::acknowledges))
-            .and_then(|_| self.conn.execute_batch("BEGIN IMMEDIATE"));
+        let transaction = !self.writes_nothing(batch);
+        let began = if transaction {
+            self.sync_commit_if(batch.iter().any(Command::acknowledges))
+                .and_then(|_| self.conn.execute_batch("BEGIN IMMEDIATE"))
+        } else {
+            Ok(())
+        };
         let snapshot = self.snapshot();
         let mut reports = Vec::new();
         let mut stored_any = false;
@@ -459,7 +460,7 @@ impl Store {
                 failure = Some(e.to_string());
             }
         }
-        if failure.is_none() {
+        if failure.is_none() && transaction {
             if let Err(e) = self
                 .write_counters()
                 .and_then(|_| self.conn.execute_batch("COMMIT"))
@@ -541,42 +542,28 @@ impl Store {
         }
     }
 
-    /// Answers a batch of the daemon's idle timers alone (`Totals`, and `Expire` while the
-    /// outbox holds no event and no dead letter, so that nothing can expire) from what is kept
-    /// in memory, without a transaction, when it would write nothing: no counter or clock
-    /// offset unwritten, no report kept through a full disk. An idle daemon with an empty
-    /// outbox then runs none of SQLite's code on its timers, which would map the binary's pages
-    /// again after `give_back` (64 KiB around each page touched: 1.1–1.4 MiB back in the RSS at
-    /// the first status tick or expiry after it). Returns whether it answered.
-    fn answer_idle(&mut self, batch: &mut Vec<Command>) -> bool {
-        let nothing_to_expire = self.events == 0 && self.sinks.values().all(|row| row.dead == 0);
-        let idle = batch.iter().all(|c| match c {
+    /// Whether `batch` writes nothing, so that it runs without a transaction: only the
+    /// daemon's idle timers (`Totals`, and `Expire` while the outbox holds no event and no dead
+    /// letter, so that nothing can expire), with no counter or clock offset unwritten and no
+    /// report kept through a full disk. An idle daemon with an empty outbox then runs none of
+    /// SQLite's code on its timers, which would map the binary's pages again after `give_back`
+    /// (64 KiB around each page touched: 1.1–1.4 MiB back in the RSS at the first status tick
+    /// or expiry after it).
+    fn writes_nothing(&self, batch: &[Command]) -> bool {
+        batch.iter().all(|c| match c {
             Command::Totals(_) => true,
-            Command::Expire(..) => nothing_to_expire,
+            Command::Expire(..) => self.nothing_to_expire(),
             _ => false,
-        });
-        if !idle
-            || self.disk_full
-            || !self.unrecorded.is_empty()
-            || self.counts_dirty
-            || !self.dirty.is_empty()
-            || self.saved_offset_ms != Some(clock::offset_ms())
-        {
-            return false;
-        }
-        let totals = self.totals();
-        for c in batch.drain(..) {
-            match c {
-                Command::Totals(reply) => {
-                    let _ = reply.send(totals);
-                }
-                Command::Expire(_, reply) => {
-                    let _ = reply.send(());
-                }
-                _ => {}
-            }
-        }
-        true
+        }) && !self.disk_full
+            && self.unrecorded.is_empty()
+            && !self.counts_dirty
+            && self.dirty.is_empty()
+            && self.saved_offset_ms == Some(clock::offset_ms())
+    }
+
+    /// Whether the outbox holds no event and no dead letter, as its counters say.
+    fn nothing_to_expire(&self) -> bool {
+        self.events == 0 && self.sinks.values().all(|row| row.dead == 0)
     }
 
     /// With `durability = full`, a transaction that acknowledges something to a producer (an
@@ -1058,6 +1045,9 @@ impl Store {
     }
 
     fn expire(&mut self, now_ms: i64) -> rusqlite::Result<()> {
+        if self.nothing_to_expire() {
+            return Ok(());
+        }
         let cutoff = now_ms + self.offset_ms - self.limits.max_age.as_millis() as i64;
         let old: Vec<i64> = self
             .conn
