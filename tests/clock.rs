@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,58 +60,39 @@ fn faketime_available() -> Option<String> {
 
 /// The daemon under libfaketime; the offset of its wall clock is set with `set_offset`.
 struct FakedDaemon {
-    child: Child,
+    daemon: Daemon,
     rc: PathBuf,
-    log: PathBuf,
 }
 
 impl FakedDaemon {
     fn start(setup: &Setup, preload: &str, offset_s: i64) -> FakedDaemon {
         let rc = setup.dir.path().join("faketime.rc");
-        let log = setup.dir.path().join("daemon.log");
-        let mut d = FakedDaemon {
-            child: edgehook()
-                .arg("--config")
-                .arg(&setup.config)
-                .arg("run")
-                .env("LD_PRELOAD", preload)
-                .env("FAKETIME_TIMESTAMP_FILE", &rc)
-                .env("FAKETIME_NO_CACHE", "1")
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .unwrap(),
-            rc,
-            log,
-        };
-        d.set_offset(offset_s);
-        let socket = setup.socket();
-        wait_until(Duration::from_secs(30), "the faked daemon ready", || {
-            assert!(d.child.try_wait().unwrap().is_none(), "exited: {}", d.log());
-            edgehook::client::daemon_running(&socket)
-        });
-        d
+        set_offset(&rc, offset_s);
+        let daemon = setup.start_with_env(&[
+            ("LD_PRELOAD", preload.as_ref()),
+            ("FAKETIME_TIMESTAMP_FILE", rc.as_os_str()),
+            ("FAKETIME_NO_CACHE", "1".as_ref()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".as_ref()),
+        ]);
+        FakedDaemon { daemon, rc }
     }
 
     /// Moves the daemon's wall clock to real time plus `offset_s` seconds.
     fn set_offset(&self, offset_s: i64) {
-        let tmp = self.rc.with_extension("new");
-        std::fs::write(&tmp, format!("{offset_s:+}\n")).unwrap();
-        std::fs::rename(&tmp, &self.rc).unwrap();
+        set_offset(&self.rc, offset_s);
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log()
     }
 }
 
-impl Drop for FakedDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Writes `offset_s` to libfaketime's file `rc` (whole, by a rename: the daemon reads it at
+/// each call).
+fn set_offset(rc: &Path, offset_s: i64) {
+    let tmp = rc.with_extension("new");
+    std::fs::write(&tmp, format!("{offset_s:+}\n")).unwrap();
+    std::fs::rename(&tmp, rc).unwrap();
 }
 
 const HOUR: i64 = 3600;

@@ -12,6 +12,7 @@ pub mod reference;
 pub mod webhook_libs;
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -140,7 +141,7 @@ impl Setup {
 
     /// Starts the daemon and waits until it answers on its socket.
     pub fn start(&self) -> Daemon {
-        Daemon::start(self, Vec::new())
+        Daemon::start(self, Launch::default())
     }
 
     /// Starts the daemon under `wrapper` (a program and its arguments, which run the command
@@ -148,7 +149,28 @@ impl Setup {
     /// The daemon's signals go to the wrapper's children: the daemon, or the emulator running
     /// it.
     pub fn start_under(&self, wrapper: &[&str]) -> Daemon {
-        Daemon::start(self, wrapper.iter().map(|w| w.to_string()).collect())
+        Daemon::start(
+            self,
+            Launch {
+                wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// Starts the daemon with `env` added to its environment (under an emulator, the
+    /// emulator's, which passes it on) and waits until it answers on its socket.
+    pub fn start_with_env(&self, env: &[(&str, &OsStr)]) -> Daemon {
+        Daemon::start(
+            self,
+            Launch {
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_os_string()))
+                    .collect(),
+                ..Launch::default()
+            },
+        )
     }
 
     /// `edgehook status --json`.
@@ -216,10 +238,18 @@ pub fn http_sink(name: &str, url: &str, secret: &str, extra: &str) -> String {
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A running daemon process.
-pub struct Daemon {
-    child: Option<Child>,
+/// How a daemon is launched, beyond its config.
+#[derive(Default)]
+struct Launch {
     /// What runs the daemon (`Setup::start_under`); empty for nothing.
     wrapper: Vec<String>,
+    /// Added to its environment (`Setup::start_with_env`).
+    env: Vec<(String, OsString)>,
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    launch: Launch,
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
@@ -227,10 +257,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(setup: &Setup, wrapper: Vec<String>) -> Daemon {
+    fn start(setup: &Setup, launch: Launch) -> Daemon {
         let mut d = Daemon {
             child: None,
-            wrapper,
+            launch,
             config: setup.config.clone(),
             socket: setup.socket(),
             log: setup.dir.path().join("daemon.log"),
@@ -289,7 +319,7 @@ impl Daemon {
             .open(&self.log)
             .expect("log file");
         let daemon = edgehook();
-        let mut command = match self.wrapper.split_first() {
+        let mut command = match self.launch.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args)
@@ -303,6 +333,7 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config)
             .arg("run")
+            .envs(self.launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -319,7 +350,7 @@ impl Daemon {
     /// `kill -9`, then wait for the process to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            if !self.wrapper.is_empty() {
+            if !self.launch.wrapper.is_empty() {
                 self.signal(c.id(), "KILL");
             }
             let _ = c.kill();
@@ -340,7 +371,7 @@ impl Daemon {
 
     /// Sends signal `name` to the daemon whose process (or wrapper's) is `pid`.
     fn signal(&self, pid: u32, name: &str) {
-        if self.wrapper.is_empty() {
+        if self.launch.wrapper.is_empty() {
             signal(pid as i32, name);
         } else {
             // pkill fails when no child is left, which a wrapper outliving its child may be.
