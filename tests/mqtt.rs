@@ -24,16 +24,23 @@ fn mqtt_sink(name: &str, url: &str, extra: &str) -> String {
     )
 }
 
+/// A broker, a subscriber to `topics` on it, and a daemon whose one sink, `broker`, publishes
+/// to it.
+fn daemon_with_broker(setup: &Setup, topics: &str) -> (Broker, Subscriber, Daemon) {
+    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    let sub = Subscriber::connect(broker.port, topics);
+    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
+    let daemon = setup.start();
+    (broker, sub, daemon)
+}
+
 #[test]
 fn ten_thousand_events_arrive_in_order_each_verified() {
     if !mosquitto_available() {
         return;
     }
     let setup = Setup::new("");
-    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
-    let sub = Subscriber::connect(broker.port, "edgehook/#");
-    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
-    let _daemon = setup.start();
+    let (_broker, sub, _daemon) = daemon_with_broker(&setup, "edgehook/#");
     let ids = emit_pipelined(&setup.socket(), 0, 10_000, "sensor.reading", 64);
     wait_until(Duration::from_secs(120), "10,000 messages", || {
         sub.event_count() >= 10_000
@@ -64,6 +71,49 @@ fn ten_thousand_events_arrive_in_order_each_verified() {
         (s["delivered"].as_i64(), s["pending"].as_i64()),
         (Some(10_000), Some(0))
     );
+}
+
+/// Each thread of process `pid` (under an emulator, the emulator's, whose threads carry the
+/// daemon's names) with its scheduling policy: `/proc/PID/task/*/stat`, field 41 (0 the
+/// default, 3 `SCHED_BATCH`).
+fn thread_policies(pid: i32) -> Vec<(String, u32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // a thread that ended meanwhile
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        let name = stat[open + 1..close].to_string();
+        // Fields from the third (the state) on; the policy is the 41st.
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        threads.push((name, fields[41 - 3].parse().unwrap()));
+    }
+    threads
+}
+
+#[test]
+fn the_sink_s_thread_is_batch_work_and_the_outbox_s_is_not() {
+    if !mosquitto_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let (_broker, sub, daemon) = daemon_with_broker(&setup, "edgehook/#");
+    let id = emit_one(&setup.socket(), "sensor.reading", serde_json::json!(1));
+    wait_until(Duration::from_secs(30), "the message", || {
+        sub.events().iter().any(|m| m.event_id() == id)
+    });
+    let threads = thread_policies(daemon.pid());
+    let policy = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("no thread {name} in {threads:?}"))
+    };
+    // Woken by the broker's acknowledgements, the sink does not take the CPU from a broker on
+    // the same device; the outbox, which answers producers, keeps the default class.
+    assert_eq!(policy("mqtt:broker"), 3, "SCHED_BATCH: {threads:?}");
+    assert_eq!(policy("outbox"), 0, "{threads:?}");
 }
 
 #[test]
@@ -126,10 +176,7 @@ fn the_daemon_killed_mid_stream_and_restarted_loses_nothing_acknowledged() {
         return;
     }
     let setup = Setup::new("");
-    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
-    let sub = Subscriber::connect(broker.port, "edgehook/+/events/#");
-    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
-    let mut daemon = setup.start();
+    let (_broker, sub, mut daemon) = daemon_with_broker(&setup, "edgehook/+/events/#");
     let ids = emit_pipelined(&setup.socket(), 0, 5000, "sensor.reading", 64);
     for round in 1..=3 {
         wait_until(Duration::from_secs(60), "progress", || {
@@ -426,10 +473,7 @@ fn test_and_activity_cover_mqtt_sinks() {
         return;
     }
     let setup = Setup::new("");
-    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
-    let sub = Subscriber::connect(broker.port, "edgehook/#");
-    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
-    let _daemon = setup.start();
+    let (broker, sub, _daemon) = daemon_with_broker(&setup, "edgehook/#");
     let ids = emit_pipelined(&setup.socket(), 0, 3, "sensor.reading", 3);
     wait_until(Duration::from_secs(30), "3 messages", || {
         sub.event_count() >= 3
