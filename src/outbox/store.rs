@@ -548,7 +548,7 @@ impl Store {
     /// report kept through a full disk. An idle daemon with an empty outbox then runs none of
     /// SQLite's code on its timers, which would map the binary's pages again after `give_back`
     /// (64 KiB around each page touched: 1.1–1.4 MiB back in the RSS at the first status tick
-    /// or expiry after it).
+    /// or expiry after it). Asked after `offset_ms` is read for the batch.
     fn writes_nothing(&self, batch: &[Command]) -> bool {
         batch.iter().all(|c| match c {
             Command::Totals(_) => true,
@@ -556,9 +556,7 @@ impl Store {
             _ => false,
         }) && !self.disk_full
             && self.unrecorded.is_empty()
-            && !self.counts_dirty
-            && self.dirty.is_empty()
-            && self.saved_offset_ms == Some(clock::offset_ms())
+            && !self.counters_unwritten()
     }
 
     /// Whether the outbox holds no event and no dead letter, as its counters say.
@@ -1097,6 +1095,11 @@ impl Store {
         }
         self.routes = ids.iter().copied().zip(routes).collect();
         Ok(ids)
+    }
+
+    /// Whether `write_counters` has anything to write.
+    fn counters_unwritten(&self) -> bool {
+        self.saved_offset_ms != Some(self.offset_ms) || self.counts_dirty || !self.dirty.is_empty()
     }
 
     fn write_counters(&mut self) -> rusqlite::Result<()> {
