@@ -82,11 +82,8 @@ fn thread_policies(pid: i32) -> Vec<(String, u32)> {
         let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
             continue; // a thread that ended meanwhile
         };
-        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
-        let name = stat[open + 1..close].to_string();
-        // Fields from the third (the state) on; the policy is the 41st.
-        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        threads.push((name, fields[41 - 3].parse().unwrap()));
+        let (name, fields) = common::memory::stat_fields(&stat);
+        threads.push((name.to_string(), fields[41 - 3].parse().unwrap()));
     }
     threads
 }

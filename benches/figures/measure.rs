@@ -61,11 +61,7 @@ pub fn status_kib(pid: i32, field: &str) -> u64 {
 /// User plus system CPU time of a process so far, in clock ticks (10 ms here): what `ps` and
 /// `top` show, too coarse for a daemon at rest.
 pub fn cpu_time(pid: i32) -> Duration {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &text[text.rfind(')').expect("a command name") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let ticks = crate::common::memory::cpu_ticks(pid);
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

@@ -76,9 +76,19 @@ pub fn assert_growth_below(pid: i32, before: Memory, bound_kib: u64, what: &str)
 pub fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    let (_, fields) = stat_fields(&stat);
+    // utime and stime are fields 14 and 15 of the line.
+    fields[14 - 3].parse::<u64>().unwrap() + fields[15 - 3].parse::<u64>().unwrap()
+}
+
+/// A `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) line's command name, and its fields from
+/// the third (the state) on: field N is at `N - 3`. The name, in parentheses, may hold spaces;
+/// the fields after its closing parenthesis do not.
+pub fn stat_fields(stat: &str) -> (&str, Vec<&str>) {
+    let open = stat.find('(').expect("a stat line");
+    let close = stat.rfind(')').expect("a stat line");
+    (
+        &stat[open + 1..close],
+        stat[close + 2..].split_whitespace().collect(),
+    )
 }

@@ -237,7 +237,6 @@ pub fn http_sink(name: &str, url: &str, secret: &str, extra: &str) -> String {
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-/// A running daemon process.
 /// How a daemon is launched, beyond its config.
 #[derive(Default)]
 struct Launch {
@@ -247,6 +246,7 @@ struct Launch {
     env: Vec<(String, OsString)>,
 }
 
+/// A running daemon process.
 pub struct Daemon {
     child: Option<Child>,
     launch: Launch,
