@@ -501,44 +501,42 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 target: Target::AtMost(32.0),
             },
         );
-        {
-            add(
-                &mut figures,
-                Figure {
-                    name: "memory, at rest",
-                    group,
-                    how: format!(
-                        "RSS after {} s with nothing to do: {:.2} MiB anonymous, {:.2} MiB mapped files (code of the binary and its libraries); the first event after it from emit to the receiver in {:.1} ms, the next in {:.1} ms",
-                        scale.idle.as_secs(),
-                        rest.idle_anon_kib as f64 / 1024.0,
-                        rest.idle_file_kib as f64 / 1024.0,
-                        rest.first_after_rest.as_secs_f64() * 1000.0,
-                        rest.next.as_secs_f64() * 1000.0
-                    ),
-                    unit: "MiB",
-                    value: Spread::of(vec![rest.idle_rss_kib as f64 / 1024.0]),
-                    anchor: None,
-                    target: Target::AtMost(8.0),
-                },
-            );
-            add(
-                &mut figures,
-                Figure {
-                    name: "idle CPU",
-                    group,
-                    how: format!(
-                        "user + system CPU time over {} s with nothing to do, from 1 s after a drain (its settling included), by {}",
-                        scale.idle.as_secs(),
-                        rest.idle_cpu_by,
-                    ),
-                    unit: "ms",
-                    // The target is for 60 s; over the guard's 20 s it is three times stricter.
-                    value: Spread::of(vec![rest.idle_cpu.as_secs_f64() * 1000.0]),
-                    anchor: None,
-                    target: Target::AtMost(20.0),
-                },
-            );
-        }
+        add(
+            &mut figures,
+            Figure {
+                name: "memory, at rest",
+                group,
+                how: format!(
+                    "RSS after {} s with nothing to do: {:.2} MiB anonymous, {:.2} MiB mapped files (code of the binary and its libraries); the first event after it from emit to the receiver in {:.1} ms, the next in {:.1} ms",
+                    scale.idle.as_secs(),
+                    rest.idle_anon_kib as f64 / 1024.0,
+                    rest.idle_file_kib as f64 / 1024.0,
+                    rest.first_after_rest.as_secs_f64() * 1000.0,
+                    rest.next.as_secs_f64() * 1000.0
+                ),
+                unit: "MiB",
+                value: Spread::of(vec![rest.idle_rss_kib as f64 / 1024.0]),
+                anchor: None,
+                target: Target::AtMost(8.0),
+            },
+        );
+        add(
+            &mut figures,
+            Figure {
+                name: "idle CPU",
+                group,
+                how: format!(
+                    "user + system CPU time over {} s with nothing to do, from 1 s after a drain (its settling included), by {}",
+                    scale.idle.as_secs(),
+                    rest.idle_cpu_by,
+                ),
+                unit: "ms",
+                // The target is for 60 s; over the guard's 20 s it is three times stricter.
+                value: Spread::of(vec![rest.idle_cpu.as_secs_f64() * 1000.0]),
+                anchor: None,
+                target: Target::AtMost(20.0),
+            },
+        );
     }
     add(&mut figures, size());
     figures
