@@ -98,6 +98,37 @@ fn deliveries_come_back_in_outbox_order_and_vanish_once_every_sink_has_them() {
 }
 
 #[test]
+fn fetching_deliveries_does_not_plan_the_statement_again_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    for n in 0..5 {
+        outbox.append_blocking(event(n, "t")).unwrap();
+    }
+    close(outbox, thread);
+    let conn = rusqlite::Connection::open(dir.path().join("outbox.db")).unwrap();
+    // How often SQLite prepared `sql` again over two fetches from different places.
+    let reprepared = |sql: &str, limit: Option<i64>| {
+        let mut stmt = conn.prepare(sql).unwrap();
+        for after in [0, 2] {
+            let n = match limit {
+                Some(l) => stmt.query(rusqlite::params![ids[0], after, l]),
+                None => stmt.query(rusqlite::params![ids[0], after]),
+            }
+            .unwrap()
+            .mapped(|r| r.get::<_, i64>(0))
+            .count();
+            assert!(n > 0);
+        }
+        stmt.get_status(rusqlite::StatementStatus::RePrepare)
+    };
+    assert_eq!(reprepared(store::FETCH_DELIVERIES, None), 0);
+    // What it avoids: with the limit bound, every fetch is planned again.
+    let limited = format!("{} LIMIT ?3", store::FETCH_DELIVERIES);
+    assert_eq!(reprepared(&limited, Some(256)), 2);
+}
+
+#[test]
 fn an_event_no_sink_wants_is_acknowledged_and_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "", &[("a", "\"sensor.*\"")]);
