@@ -140,8 +140,8 @@ fn a_thousand_connections_at_once_are_served_and_one_more_is_refused_cleanly() {
     assert!(growth < bound, "RSS grew by {growth} KiB");
     // Natively the last three waves add 0.3-0.7 MiB. Under qemu-arm the peaks level off at the
     // same size (73.5-73.9 MiB in fifteen runs) but sometimes later: one wave as late as the
-    // seventh added 2.2 MiB, the last three up to 2.9 MiB. The bound still catches a leak of 2.1 KiB a
-    // connection.
+    // seventh added 2.2 MiB, the last three up to 2.9 MiB. The bound still catches a leak of
+    // 2.1 KiB a connection.
     let settling = if emulated() { 6 * 1024 } else { 2 * 1024 };
     let last = peaks[7].saturating_sub(peaks[4]);
     assert!(
