@@ -5,9 +5,9 @@
 //! rest), the median of several runs with min and max, a table, and `bench/results.json`.
 //! With `--guard`: a small scale for CI (20,000 events, 20 s at rest held to the 60 s
 //! targets), failing when a figure falls under half its target (a ratio under half, or an
-//! absolute figure over twice its bound; memory at rest over its bound itself); for a figure the last full-scale run (the committed
-//! bench/results.json) left short of its target, under half of what that run reached. Its
-//! results go to target/bench-guard.json.
+//! absolute figure over twice its bound; memory at rest over its bound itself); for a figure
+//! the last full-scale run (the committed bench/results.json) left short of its target, under
+//! half of what that run reached. Its results go to target/bench-guard.json.
 //! `--only ingest,http,mqtt,flash,backlog` runs some groups of figures.
 
 #[path = "../../tests/common/mod.rs"]
