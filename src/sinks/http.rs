@@ -1,125 +1,208 @@
-//! The HTTP transport: one signed `POST` per attempt over a kept-alive ureq agent, and the
+//! The HTTP transport: one signed `POST` per attempt on a kept-alive connection, and the
 //! classification of what came back (section 3 of the spec).
+//!
+//! Every attempt is a future: a sink's deliveries run as tasks on its one thread (`super::run`),
+//! each task with a connection of its own, so `max_in_flight` requests out at once cost one
+//! thread that wakes for whatever answers have come, not a thread a request woken for each.
+//! ureq-proto (ureq's own sans-IO HTTP/1.1) writes the request and reads the response, tokio
+//! carries the bytes, rustls the TLS; `edgehook test` runs one attempt on a runtime of its own.
+//!
+//! A request goes out in one write (head and body together: one packet, one wake-up of the
+//! receiver). Before a kept connection is used again, one `recv(MSG_PEEK | MSG_DONTWAIT)`
+//! checks that the receiver has not closed it meanwhile.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::sync::Arc;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use std::sync::Mutex;
-
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{
-    ConnectProxyConnector, Connector, NextTimeout, RustlsConnector,
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, recv};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+use ureq_proto::client::{
+    Call, RecvBodyResult, RecvResponseResult, SendRequestResult, state::RecvResponse,
 };
 
 use super::format::Format;
-use super::lean_tcp::LeanTcpConnector;
 use super::{Attempt, Outcome, SinkError, backoff, tls};
 use crate::config::{SinkKind, SinkSpec};
 
-/// How much of a response body is read (and thrown away) so the connection can be reused.
-const BODY_LIMIT: u64 = 64 * 1024;
-
-/// The buffers of each connection: what is sent passes through the output one in pieces; the
-/// input one must be larger than the longest response head taken (a longer head is an error:
-/// "response header is too big").
-const OUTPUT_BUFFER: usize = 16 * 1024;
-const INPUT_BUFFER: usize = 64 * 1024;
+/// How much of a response body is read (and thrown away) so the connection can be reused; a
+/// longer body is dropped with its connection.
+const BODY_LIMIT: usize = 64 * 1024;
+/// The longest response head taken; a longer one is an error ("response header is too big").
 const LONGEST_HEAD: usize = 32 * 1024;
+/// What one read asks the socket for.
+const READ: usize = 16 * 1024;
+/// The longest answer of a proxy to `CONNECT` taken.
+const LONGEST_PROXY_HEAD: usize = 8 * 1024;
+/// The least time given to one of several addresses of a host.
+const LEAST_PER_ADDRESS: Duration = Duration::from_millis(10);
 
-/// How long a host's resolved addresses are used before they are looked up again.
-const RESOLVED_FOR: Duration = Duration::from_secs(10);
-
-/// ureq's resolver, with the answer kept for `RESOLVED_FOR`. ureq resolves the host before
-/// every request, even one that reuses a pooled connection, and with a timeout set it does so
-/// on a new thread each time: a thread per delivery. Kept, a lookup happens (on its thread,
-/// bounded by the attempt's timeout) at most once per `RESOLVED_FOR` per sink.
-#[derive(Default)]
-struct KeptResolver {
-    inner: DefaultResolver,
-    kept: Mutex<Option<Kept>>,
-}
-
-/// A lookup's answer: for which scheme and authority, and when.
-struct Kept {
-    scheme: Option<http::uri::Scheme>,
-    authority: Option<http::uri::Authority>,
-    at: Instant,
-    addrs: ResolvedSocketAddrs,
-}
-
-impl std::fmt::Debug for KeptResolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeptResolver")
-    }
-}
-
-impl Resolver for KeptResolver {
-    fn resolve(
-        &self,
-        uri: &http::Uri,
-        config: &ureq::config::Config,
-        timeout: NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        if let Some(k) = &*self.kept.lock().unwrap_or_else(|p| p.into_inner()) {
-            if k.scheme.as_ref() == uri.scheme()
-                && k.authority.as_ref() == uri.authority()
-                && k.at.elapsed() < RESOLVED_FOR
-            {
-                return Ok(k.addrs.clone());
-            }
-        }
-        let addrs = self.inner.resolve(uri, config, timeout)?;
-        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept {
-            scheme: uri.scheme().cloned(),
-            authority: uri.authority().cloned(),
-            at: Instant::now(),
-            addrs: addrs.clone(),
-        });
-        Ok(addrs)
-    }
+/// Where an HTTP sink's requests go.
+struct Target {
+    uri: http::Uri,
+    host: String,
+    port: u16,
+    /// The server's name for TLS, and the client configuration (`https://` only).
+    tls: Option<(ServerName<'static>, tokio_rustls::TlsConnector)>,
+    /// The `CONNECT` proxy from the environment (`ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY`, in
+    /// that order, with `NO_PROXY`), when it applies to this URL.
+    proxy: Option<ureq::Proxy>,
 }
 
 /// An HTTP(S) endpoint.
 pub struct HttpSink {
-    agent: ureq::Agent,
     spec: Arc<SinkSpec>,
     device_id: String,
+    target: Target,
+    user_agent: String,
+}
+
+/// One connection to the receiver (through the proxy, if any), kept between attempts.
+pub struct Conn {
+    stream: Stream,
+    /// Bytes read and not used yet; kept for its allocation.
+    input: Vec<u8>,
+    /// The request being written; kept for its allocation.
+    output: Vec<u8>,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read(&mut self, into: &mut Vec<u8>) -> io::Result<usize> {
+        into.reserve(READ);
+        match self {
+            Stream::Plain(s) => s.read_buf(into).await,
+            Stream::Tls(s) => s.read_buf(into).await,
+        }
+    }
+
+    /// Nothing to read and no end of stream: still open. Bytes nobody asked for, or an error,
+    /// make the connection unusable. The runtime's readiness answers without a system call
+    /// when nothing has come since the last answer was read (`settle`); otherwise a peek does.
+    fn is_open(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.tcp().poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        matches!(
+            recv(self.tcp().as_raw_fd(), &mut byte, flags),
+            Err(Errno::EAGAIN)
+        )
+    }
+
+    /// Forgets that the socket was readable, once an answer has been read to its end: the next
+    /// read after a request then waits for the answer instead of trying once in vain, and
+    /// `is_open` sees what comes in between. Nothing is lost: nothing else is due before the
+    /// next request, and whatever comes anyway (the receiver's close) makes it readable again.
+    fn settle(&self) {
+        let _ = self.tcp().try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+    }
+}
+
+/// Why an exchange failed, as the sink's last error shows it.
+struct Failed(String);
+
+impl From<io::Error> for Failed {
+    fn from(e: io::Error) -> Self {
+        Failed(format!("connection failed: {e}"))
+    }
+}
+
+impl From<ureq_proto::Error> for Failed {
+    fn from(e: ureq_proto::Error) -> Self {
+        Failed(format!("bad response: {e}"))
+    }
+}
+
+/// The head of an answer, and whether its connection can carry the next request.
+struct Answer {
+    status: u16,
+    reason: String,
+    retry_after: Option<String>,
 }
 
 impl HttpSink {
-    /// An agent for `spec`, with its TLS settings loaded.
+    /// The sink for `spec`, with its TLS settings loaded.
     pub fn new(spec: Arc<SinkSpec>, device_id: &str) -> Result<Self, SinkError> {
         super::check_ready(&spec)?;
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(Some(spec.timeout))
-            .user_agent(format!("edgehook/{}", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls_config(&spec)?)
-            // Every worker keeps its connection between requests (ureq keeps 3 a host).
-            .max_idle_connections_per_host(spec.max_in_flight.max(1))
-            .max_idle_connections(spec.max_in_flight.max(10))
-            // A kept connection keeps its buffers (ureq's are 128 KiB each way). The output
-            // buffer only stages a body on its way out; the input one holds a response's head.
-            .output_buffer_size(OUTPUT_BUFFER)
-            .input_buffer_size(INPUT_BUFFER)
-            .max_response_header_size(LONGEST_HEAD)
-            .build();
+        let bad_url = |why: &str| SinkError::Url(spec.display_url(), why.to_string());
+        let uri: http::Uri = spec.url.parse().map_err(|_| bad_url("not a URL"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad_url("only http:// and https:// are sent to")),
+        };
+        let host = uri.host().ok_or_else(|| bad_url("no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let name = ServerName::try_from(host.clone()).map_err(|e| bad_url(&e.to_string()))?;
+            let config = tls::client_config(&spec)?;
+            Some((name, tokio_rustls::TlsConnector::from(config)))
+        } else {
+            None
+        };
+        let proxy = match ureq::Proxy::try_from_env() {
+            Some(p) if p.is_no_proxy(&uri) => None,
+            Some(p) if p.protocol() == ureq::ProxyProtocol::Http => Some(p),
+            Some(p) => {
+                return Err(SinkError::Proxy(format!(
+                    "{}:{} ({:?}): only http:// proxies (CONNECT) are supported",
+                    p.host(),
+                    p.port(),
+                    p.protocol()
+                )));
+            }
+            None => None,
+        };
         warn_plain_http(&spec);
         Ok(HttpSink {
-            agent: ureq::Agent::with_parts(
-                config,
-                ().chain(ConnectProxyConnector::default())
-                    .chain(LeanTcpConnector)
-                    .chain(RustlsConnector::default()),
-                KeptResolver::default(),
-            ),
+            target: Target {
+                uri,
+                host,
+                port,
+                tls,
+                proxy,
+            },
             spec,
             device_id: device_id.to_string(),
+            user_agent: format!("edgehook/{}", env!("CARGO_PKG_VERSION")),
         })
     }
 
@@ -143,10 +226,7 @@ impl HttpSink {
     ) -> Vec<(String, String)> {
         let mut h: Vec<(String, String)> = vec![
             ("content-type".into(), "application/json".into()),
-            (
-                "user-agent".into(),
-                format!("edgehook/{}", env!("CARGO_PKG_VERSION")),
-            ),
+            ("user-agent".into(), self.user_agent.clone()),
             ("edgehook-device-id".into(), self.device_id.clone()),
         ];
         let signature = self.spec.signer.headers(id, timestamp, body);
@@ -165,14 +245,37 @@ impl HttpSink {
         h
     }
 
-    /// One attempt: renders and signs the stored event `stored` for now and posts it.
-    pub fn attempt(&self, id: &str, event_type: &str, stored: &[u8]) -> Attempt {
-        self.attempt_at(id, event_type, stored, SystemTime::now())
-    }
-
-    /// One attempt signed for `now` (so a caller can show the headers it sends).
+    /// One attempt outside the sink's thread (`edgehook test`), signed for `now`, on a new
+    /// connection and a runtime of its own.
     pub fn attempt_at(
         &self,
+        id: &str,
+        event_type: &str,
+        stored: &[u8],
+        now: SystemTime,
+    ) -> Attempt {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(self.attempt(&mut None, id, event_type, stored, now)),
+            Err(e) => Attempt {
+                outcome: Outcome::Transient {
+                    error: format!("cannot start a runtime: {e}"),
+                    retry_after: None,
+                },
+                status: None,
+                latency: Duration::ZERO,
+            },
+        }
+    }
+
+    /// One attempt: renders and signs the stored event `stored` for `now` and posts it on
+    /// `conn` (opened first when there is none, or the receiver closed it). The connection is
+    /// kept for the next attempt when the answer leaves it usable.
+    pub async fn attempt(
+        &self,
+        conn: &mut Option<Conn>,
         id: &str,
         event_type: &str,
         stored: &[u8],
@@ -182,46 +285,282 @@ impl HttpSink {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let body = self.body(stored);
-        let mut req = self.agent.post(&self.spec.url);
-        for (k, v) in self.headers(id, event_type, ts, &body) {
-            req = req.header(k, v);
-        }
+        let headers = self.headers(id, event_type, ts, &body);
         let started = Instant::now();
-        let result = req.send(&*body);
+        let deadline = tokio::time::Instant::now() + self.spec.timeout;
+        let exchanged = timeout_at(deadline, self.exchange(conn, &headers, &body, deadline))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failed(format!(
+                    "timed out after {}",
+                    humantime::format_duration(self.spec.timeout)
+                )))
+            });
         let latency = started.elapsed();
-        match result {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                let retry = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| backoff::retry_after(v, now));
-                let reason = resp.status().canonical_reason().unwrap_or("");
-                // Read a bounded part of the body so a small answer keeps the connection
-                // reusable; a larger one is dropped with its connection.
-                let mut sink = Vec::new();
-                let _ = resp
-                    .body_mut()
-                    .as_reader()
-                    .take(BODY_LIMIT)
-                    .read_to_end(&mut sink);
-                let error = format!("HTTP {status} {reason}").trim_end().to_string();
-                Attempt {
-                    outcome: classify(status, error, retry),
-                    status: Some(status),
+        let (answer, call) = match exchanged {
+            Ok(answered) => answered,
+            Err(Failed(error)) => {
+                *conn = None;
+                return Attempt {
+                    outcome: Outcome::Transient {
+                        error,
+                        retry_after: None,
+                    },
+                    status: None,
                     latency,
+                };
+            }
+        };
+        // Read a bounded part of the body, within the attempt's time, so a small answer keeps
+        // the connection usable; a larger or slower one is dropped with its connection.
+        let reusable = timeout_at(deadline, skip_body(conn, call))
+            .await
+            .unwrap_or(false);
+        match conn {
+            Some(c) if reusable => c.stream.settle(),
+            _ => *conn = None,
+        }
+        let Answer {
+            status,
+            reason,
+            retry_after,
+        } = answer;
+        let retry = retry_after.and_then(|v| backoff::retry_after(&v, now));
+        let error = format!("HTTP {status} {reason}").trim_end().to_string();
+        Attempt {
+            outcome: classify(status, error, retry),
+            status: Some(status),
+            latency,
+        }
+    }
+
+    /// Sends the request and reads the answer's head; the call is left to read its body.
+    async fn exchange(
+        &self,
+        conn: &mut Option<Conn>,
+        headers: &[(String, String)],
+        body: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<(Answer, Call<RecvResponse>), Failed> {
+        if conn.as_ref().is_some_and(|c| !c.stream.is_open()) {
+            *conn = None;
+        }
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(self.connect(deadline).await?),
+        };
+        let mut request = http::Request::post(self.target.uri.clone());
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let request = request
+            .header("content-length", body.len())
+            .body(())
+            .map_err(|e| Failed(format!("cannot make the request: {e}")))?;
+        let mut call = Call::new(request)?.proceed();
+        c.output.clear();
+        let mut scratch = [0u8; 4096];
+        while !call.can_proceed() {
+            let n = call.write(&mut scratch)?;
+            c.output.extend_from_slice(&scratch[..n]);
+        }
+        let mut call = match call.proceed()? {
+            Some(SendRequestResult::SendBody(mut send)) => {
+                send.consume_direct_write(body.len())?;
+                c.output.extend_from_slice(body);
+                send.proceed()
+                    .ok_or_else(|| Failed("the request's body was not all sent".into()))?
+            }
+            Some(SendRequestResult::RecvResponse(recv)) => recv,
+            Some(SendRequestResult::Await100(_)) | None => {
+                return Err(Failed("the request could not be written".into()));
+            }
+        };
+        c.stream.write_all(&c.output).await?;
+        c.input.clear();
+        loop {
+            let (used, response) = call.try_response(&c.input, false)?;
+            c.input.drain(..used);
+            if let Some(response) = response {
+                let status = response.status();
+                let answer = Answer {
+                    status: status.as_u16(),
+                    reason: status.canonical_reason().unwrap_or("").to_string(),
+                    retry_after: response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string),
+                };
+                return Ok((answer, call));
+            }
+            if used > 0 {
+                continue; // an informational answer (1xx) went by
+            }
+            if c.input.len() >= LONGEST_HEAD {
+                return Err(Failed(format!(
+                    "response header is too big (more than {} KiB)",
+                    LONGEST_HEAD / 1024
+                )));
+            }
+            if c.stream.read(&mut c.input).await? == 0 {
+                return Err(Failed(
+                    "connection failed: closed by the receiver before it answered".into(),
+                ));
+            }
+        }
+    }
+
+    /// A new connection to the receiver: straight, or through the proxy's tunnel; then TLS for
+    /// `https://`.
+    async fn connect(&self, deadline: tokio::time::Instant) -> Result<Conn, Failed> {
+        let t = &self.target;
+        let tcp = match &t.proxy {
+            None => connect_tcp(&t.host, t.port, deadline).await?,
+            Some(proxy) => {
+                let mut tcp = connect_tcp(proxy.host(), proxy.port(), deadline).await?;
+                tunnel(&mut tcp, proxy, &t.host, t.port).await?;
+                tcp
+            }
+        };
+        let stream = match &t.tls {
+            None => Stream::Plain(tcp),
+            Some((name, connector)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| Failed(format!("TLS handshake failed: {e}")))?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
+        Ok(Conn {
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+        })
+    }
+}
+
+/// Reads and drops the body of the answer read by `call`, up to `BODY_LIMIT`; true when it
+/// ended there and the connection can carry the next request.
+async fn skip_body(conn: &mut Option<Conn>, call: Call<RecvResponse>) -> bool {
+    let Some(c) = conn else { return false };
+    let cleanup = match call.proceed() {
+        Some(RecvResponseResult::Cleanup(cleanup)) => cleanup,
+        Some(RecvResponseResult::RecvBody(mut call)) => {
+            let mut scratch = vec![0u8; READ];
+            let mut taken = 0usize;
+            loop {
+                if call.can_proceed() {
+                    match call.proceed() {
+                        Some(RecvBodyResult::Cleanup(cleanup)) => break cleanup,
+                        _ => return false,
+                    }
+                }
+                let Ok((used, _)) = call.read(&c.input, &mut scratch) else {
+                    return false;
+                };
+                c.input.drain(..used);
+                taken += used;
+                if taken > BODY_LIMIT {
+                    return false;
+                }
+                if used == 0 && !matches!(c.stream.read(&mut c.input).await, Ok(1..)) {
+                    return false;
                 }
             }
-            Err(e) => Attempt {
-                outcome: Outcome::Transient {
-                    error: describe(&e),
-                    retry_after: None,
-                },
-                status: None,
-                latency,
-            },
         }
+        // A redirect (refused: 3xx is permanent) or an answer not understood.
+        _ => return false,
+    };
+    !cleanup.must_close_connection() && c.input.is_empty()
+}
+
+/// Connects to the first of the host's addresses that answers. Each address but the last gets
+/// half the time left of the attempt (at least `LEAST_PER_ADDRESS`); one that refuses or cannot
+/// be routed to passes on to the next at once. The caller's timeout bounds the whole.
+async fn connect_tcp(
+    host: &str,
+    port: u16,
+    deadline: tokio::time::Instant,
+) -> Result<TcpStream, Failed> {
+    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => return Err(Failed(format!("host not found: {host} ({e})"))),
+    };
+    if addrs.is_empty() {
+        return Err(Failed(format!("host not found: {host}")));
+    }
+    let mut last = None;
+    for (i, addr) in addrs.iter().enumerate() {
+        let attempt = TcpStream::connect(addr);
+        let result = if i + 1 == addrs.len() {
+            attempt.await
+        } else {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let share = (left / 2).max(LEAST_PER_ADDRESS);
+            match tokio::time::timeout(share, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+            }
+        };
+        match result {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| Failed("connection failed".into()), Failed::from))
+}
+
+/// Asks the proxy on `tcp` for a tunnel to `host`:`port` (`CONNECT`, with basic credentials
+/// when the proxy's URL has them) and reads its answer: any 2xx opens the tunnel.
+async fn tunnel(
+    tcp: &mut TcpStream,
+    proxy: &ureq::Proxy,
+    host: &str,
+    port: u16,
+) -> Result<(), Failed> {
+    use base64::Engine;
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut ask = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(user) = proxy.username() {
+        let pair = format!("{user}:{}", proxy.password().unwrap_or(""));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        ask.push_str(&format!("Proxy-Authorization: Basic {encoded}\r\n"));
+    }
+    ask.push_str("\r\n");
+    tcp.write_all(ask.as_bytes()).await?;
+    // Read byte by byte up to the blank line: whatever follows belongs to the tunnel.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= LONGEST_PROXY_HEAD {
+            return Err(Failed("proxy: its answer to CONNECT is too big".into()));
+        }
+        let mut byte = [0u8; 1];
+        if tcp.read(&mut byte).await? == 0 {
+            return Err(Failed(
+                "proxy: closed the connection instead of answering CONNECT".into(),
+            ));
+        }
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    match line.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()) {
+        Some(200..=299) => Ok(()),
+        _ => Err(Failed(format!(
+            "proxy {}:{} refused the tunnel to {authority}: {}",
+            proxy.host(),
+            proxy.port(),
+            line.trim()
+        ))),
     }
 }
 
@@ -232,16 +571,6 @@ pub fn classify(status: u16, error: String, retry_after: Option<Duration>) -> Ou
         410 => Outcome::Gone,
         408 | 425 | 429 | 500..=599 | 100..=199 => Outcome::Transient { error, retry_after },
         _ => Outcome::Permanent { error },
-    }
-}
-
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        ureq::Error::Io(io) => format!("connection failed: {io}"),
-        ureq::Error::HostNotFound => "host not found".into(),
-        ureq::Error::ConnectionFailed => "connection failed".into(),
-        other => other.to_string(),
     }
 }
 
@@ -274,38 +603,6 @@ fn is_loopback_url(url: &str) -> bool {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
-
-fn tls_config(spec: &SinkSpec) -> Result<TlsConfig, SinkError> {
-    let mut tls = TlsConfig::builder();
-    tls = match &spec.ca_file {
-        Some(path) => {
-            let certs: Vec<Certificate<'static>> = tls::load_certs(path)?
-                .iter()
-                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
-            tls.root_certs(RootCerts::new_with_certs(&certs))
-        }
-        None => tls.root_certs(RootCerts::PlatformVerifier),
-    };
-    if let (Some(cert), Some(key)) = (&spec.client_cert, &spec.client_key) {
-        let chain: Vec<Certificate<'static>> = tls::load_certs(cert)?
-            .iter()
-            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-            .collect();
-        tls::load_key(key)?; // the same checks and message as for MQTT sinks
-        let pem = std::fs::read(key).map_err(|e| SinkError::Tls {
-            path: key.clone(),
-            message: e.to_string(),
-        })?;
-        let key = PrivateKey::from_pem(&pem).map_err(|e| SinkError::Tls {
-            path: key.clone(),
-            message: e.to_string(),
-        })?;
-        tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-    }
-    Ok(tls.build())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

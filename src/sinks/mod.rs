@@ -7,18 +7,18 @@
 pub mod backoff;
 pub mod format;
 pub mod http;
-pub mod lean_tcp;
 pub mod mqtt;
 pub mod mqtt_wire;
 pub mod signing;
 pub mod tls;
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{SinkKind, SinkSpec};
 use crate::outbox::{Delivery, Measured, Outbox, Report, SinkId, SinkState, clock, now_ms};
@@ -48,6 +48,12 @@ pub enum SinkError {
         "sink {0} has no signing secret here: its generated secret is made when the daemon first starts the sink, and only the daemon's user and root may read it"
     )]
     NoSecret(String),
+    /// The URL cannot be sent to.
+    #[error("URL {0}: {1}")]
+    Url(String, String),
+    /// The proxy named in the environment cannot be used.
+    #[error("proxy {0}")]
+    Proxy(String),
 }
 
 /// Refuses a sink whose signer still awaits its generated secret.
@@ -122,8 +128,6 @@ struct Shared {
     control: Wake,
     stopping: AtomicBool,
     gone: AtomicBool,
-    /// The HTTP feeder's deliveries, waiting for a worker.
-    ahead: ReadAhead,
 }
 
 /// What a refused attempt leads to, the same for every transport.
@@ -190,83 +194,68 @@ impl Shared {
     }
 }
 
-/// The deliveries an HTTP feeder has read ahead, in outbox order, for the sink's workers to
-/// take one at a time. The feeder tops it up only once it runs low (`READ_AHEAD_LOW`), so it
-/// wakes once a fetch rather than once a delivery (a channel bounded by the number of workers
-/// woke it for every delivery a worker took: a thread switch a delivery on a 2-core device).
+/// The deliveries an HTTP sink has read ahead, in outbox order, for its delivery tasks to take
+/// one at a time. Its feeder tops it up only once it runs low (`READ_AHEAD_LOW`), so it wakes
+/// once a fetch rather than once a delivery. Everything that touches it runs on the sink's one
+/// thread (`run_http`), so a `RefCell` holds it and `Notify` wakes its tasks.
 #[derive(Default)]
 struct ReadAhead {
-    state: Mutex<Ahead>,
-    /// Raised for workers: deliveries arrived, or the sink stops.
-    filled: Condvar,
+    queue: RefCell<VecDeque<Delivery>>,
+    /// The sink stops: tasks take nothing more, the feeder reads nothing more.
+    closed: Cell<bool>,
+    /// Raised for the tasks: deliveries arrived, or the sink stops.
+    filled: tokio::sync::Notify,
     /// Raised for the feeder: the read-ahead ran low, or the sink stops.
-    low: Condvar,
-}
-
-#[derive(Default)]
-struct Ahead {
-    queue: VecDeque<Delivery>,
-    /// The feeder waits on `low`.
-    feeder_waits: bool,
-    /// Workers waiting on `filled`.
-    workers_wait: usize,
-    /// The sink stops: workers take nothing more, the feeder reads nothing more.
-    closed: bool,
+    low: tokio::sync::Notify,
 }
 
 impl ReadAhead {
-    fn lock(&self) -> MutexGuard<'_, Ahead> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Waits until the read-ahead is low; false once the sink stops.
-    fn wait_low(&self) -> bool {
-        let mut a = self.lock();
-        while !a.closed && a.queue.len() > READ_AHEAD_LOW {
-            a.feeder_waits = true;
-            a = self.low.wait(a).unwrap_or_else(|p| p.into_inner());
+    async fn wait_low(&self) -> bool {
+        loop {
+            if self.closed.get() {
+                return false;
+            }
+            if self.queue.borrow().len() <= READ_AHEAD_LOW {
+                return true;
+            }
+            self.low.notified().await;
         }
-        a.feeder_waits = false;
-        !a.closed
     }
 
     fn extend(&self, batch: Vec<Delivery>) {
-        let mut a = self.lock();
-        a.queue.extend(batch);
-        if a.workers_wait > 0 {
-            self.filled.notify_all();
-        }
+        self.queue.borrow_mut().extend(batch);
+        self.filled.notify_waiters();
     }
 
     /// The next delivery, waiting for one; `None` once the sink stops.
-    fn take(&self) -> Option<Delivery> {
-        let mut a = self.lock();
+    async fn take(&self) -> Option<Delivery> {
         loop {
-            if a.closed {
+            if self.closed.get() {
                 return None;
             }
-            if let Some(d) = a.queue.pop_front() {
-                if a.feeder_waits && a.queue.len() <= READ_AHEAD_LOW {
-                    a.feeder_waits = false;
+            let next = {
+                let mut queue = self.queue.borrow_mut();
+                let next = queue.pop_front();
+                if next.is_some() && queue.len() == READ_AHEAD_LOW {
                     self.low.notify_one();
                 }
-                return Some(d);
+                next
+            };
+            if next.is_some() {
+                return next;
             }
-            a.workers_wait += 1;
-            a = self.filled.wait(a).unwrap_or_else(|p| p.into_inner());
-            a.workers_wait -= 1;
+            self.filled.notified().await;
         }
     }
 
-    /// Wakes the feeder and every worker for good; what was read ahead is dropped (it stays in
+    /// Wakes the feeder and every task for good; what was read ahead is dropped (it stays in
     /// the outbox and is read again when the sink starts).
     fn close(&self) {
-        let mut a = self.lock();
-        a.closed = true;
-        a.queue.clear();
-        drop(a);
-        self.filled.notify_all();
-        self.low.notify_all();
+        self.closed.set(true);
+        self.queue.borrow_mut().clear();
+        self.filled.notify_waiters();
+        self.low.notify_one();
     }
 }
 
@@ -287,7 +276,6 @@ impl SinkRunner {
         max_age: Duration,
     ) -> Result<Self, SinkError> {
         let transport = Transport::new(spec.clone(), device_id)?;
-        let workers = spec.max_in_flight.max(1);
         let shared = Arc::new(Shared {
             spec,
             id,
@@ -299,31 +287,31 @@ impl SinkRunner {
             control: Wake::new(),
             stopping: AtomicBool::new(false),
             gone: AtomicBool::new(false),
-            ahead: ReadAhead::default(),
         });
         shared.outbox.report_blocking(Report::State {
             sink: id,
             state: SinkState::Active,
         });
-        let mut threads = Vec::with_capacity(workers + 1);
         let name = shared.spec.name.clone();
-        if let Transport::Mqtt(_) = &shared.transport {
-            // One connection carries the whole window; see `mqtt`.
-            let s = shared.clone();
-            threads.push(spawn(&name, "mqtt", move || {
+        let s = shared.clone();
+        // One thread a sink: MQTT's one connection carries the whole window (see `mqtt`);
+        // HTTP's `max_in_flight` tasks each keep a connection of their own (`run_http`).
+        let thread = match &shared.transport {
+            Transport::Mqtt(_) => spawn(&name, "mqtt", move || {
                 if let Transport::Mqtt(m) = &s.transport {
                     mqtt::run(&s, m);
                 }
-            }));
-            return Ok(SinkRunner { shared, threads });
-        }
-        let s = shared.clone();
-        threads.push(spawn(&name, "feed", move || feed(&s)));
-        for _ in 0..workers {
-            let s = shared.clone();
-            threads.push(spawn(&name, "send", move || send_loop(&s)));
-        }
-        Ok(SinkRunner { shared, threads })
+            }),
+            Transport::Http(_) => spawn(&name, "http", move || {
+                if let Transport::Http(h) = &s.transport {
+                    run_http(&s, h);
+                }
+            }),
+        };
+        Ok(SinkRunner {
+            shared,
+            threads: vec![thread],
+        })
     }
 
     /// The sink's name.
@@ -334,7 +322,6 @@ impl SinkRunner {
     /// Asks every thread to stop after its current attempt.
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.ahead.close();
         self.shared.control.raise();
         self.shared.work.raise();
     }
@@ -398,36 +385,91 @@ fn spawn(sink: &str, role: &str, f: impl FnOnce() + Send + 'static) -> JoinHandl
         .expect("the system cannot start a thread")
 }
 
-fn feed(s: &Shared) {
+/// An HTTP sink's thread: a feeder reading its queue ahead and `max_in_flight` delivery tasks
+/// on one single-threaded runtime, until the daemon stops the sink.
+fn run_http(s: &Shared, http: &http::HttpSink) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!(sink = s.spec.name.as_str(); "Sink {} cannot start its runtime: {e}", s.spec.name);
+            return;
+        }
+    };
+    let ahead = ReadAhead::default();
+    let tasks = (0..s.spec.max_in_flight.max(1)).map(|_| send_loop(s, http, &ahead));
+    runtime.block_on(async {
+        futures_util::future::join3(
+            feed(s, &ahead),
+            futures_util::future::join_all(tasks),
+            close_on_stop(s, &ahead),
+        )
+        .await
+    });
+}
+
+/// Closes the read-ahead once the sink is asked to stop: the tasks finish the attempts they
+/// have out and take nothing more.
+async fn close_on_stop(s: &Shared, ahead: &ReadAhead) {
+    loop {
+        let seen = s.control.generation();
+        if s.stopping.load(Ordering::SeqCst) {
+            ahead.close();
+            return;
+        }
+        s.control.changed(seen).await;
+    }
+}
+
+/// Sleeps for `wait`, or until the sink's control flag moves past `seen` (stop, resume).
+async fn pause(s: &Shared, seen: u64, wait: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = s.control.changed(seen) => {}
+    }
+}
+
+async fn feed(s: &Shared, ahead: &ReadAhead) {
     let mut cursor = 0i64;
-    // `stop` closes the read-ahead, which ends this loop.
-    while s.ahead.wait_low() {
+    // `close_on_stop` closes the read-ahead, which ends this loop.
+    while ahead.wait_low().await {
         let seen = s.work.generation();
         let control = s.control.generation();
-        match s.outbox.fetch_blocking(s.id, cursor, FETCH) {
+        let fetched = match s.outbox.ask_fetch(s.id, cursor, FETCH).await {
+            Ok(answer) => answer.await,
+            Err(e) => Err(e),
+        };
+        match fetched {
             Ok(batch) if batch.is_empty() => {
-                s.work.wait(seen, IDLE);
+                tokio::select! {
+                    _ = s.work.changed(seen) => {}
+                    _ = pause(s, control, IDLE) => {}
+                }
             }
             Ok(batch) => {
                 cursor = batch.last().map_or(cursor, |d| d.seq);
-                s.ahead.extend(batch);
+                ahead.extend(batch);
             }
             Err(e) => {
                 log::warn!(sink = s.spec.name.as_str(); "Sink {} cannot read its queue: {e}", s.spec.name);
-                s.control.wait(control, Duration::from_secs(1));
+                pause(s, control, Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-fn send_loop(s: &Shared) {
-    while let Some(d) = s.ahead.take() {
-        deliver(s, d);
+/// One delivery task: takes the next delivery and sees it through, on a connection it keeps.
+async fn send_loop(s: &Shared, http: &http::HttpSink, ahead: &ReadAhead) {
+    let mut conn = None;
+    while let Some(d) = ahead.take().await {
+        deliver(s, http, &mut conn, d).await;
     }
 }
 
 /// Sees one delivery through to delivered, dead letter or shutdown.
-fn deliver(s: &Shared, d: Delivery) {
+async fn deliver(s: &Shared, http: &http::HttpSink, conn: &mut Option<http::Conn>, d: Delivery) {
     let spec = &s.spec;
     let mut attempts = d.attempts;
     let mut failures_in_row = 0u32;
@@ -439,17 +481,16 @@ fn deliver(s: &Shared, d: Delivery) {
             return;
         }
         if s.gone.load(Ordering::SeqCst) {
-            s.control.wait(seen, IDLE);
+            pause(s, seen, IDLE).await;
             continue;
         }
         if let Some(dead) = s.expired(&d, attempts) {
-            s.outbox.report_blocking(dead);
+            s.outbox.report(dead).await;
             return;
         }
-        let Transport::Http(http) = &s.transport else {
-            return;
-        };
-        let a = http.attempt(&d.id, &d.event_type, &d.body);
+        let a = http
+            .attempt(conn, &d.id, &d.event_type, &d.body, SystemTime::now())
+            .await;
         attempts += 1;
         let status = a.status.map_or(0, u64::from);
         let latency_ms = a.latency.as_millis() as u64;
@@ -461,26 +502,30 @@ fn deliver(s: &Shared, d: Delivery) {
             Outcome::Delivered => {
                 log::debug!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, latency_ms = latency_ms;
                     "Delivered event {} to sink {}", d.id, spec.name);
-                s.outbox.report_blocking(Report::Delivered {
-                    sink: s.id,
-                    seq: d.seq,
-                    at_ms: now_ms(),
-                    measured,
-                });
+                s.outbox
+                    .report(Report::Delivered {
+                        sink: s.id,
+                        seq: d.seq,
+                        at_ms: now_ms(),
+                        measured,
+                    })
+                    .await;
                 return;
             }
             Outcome::Gone => {
                 log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
                     "Sink {} answered 410 Gone: pausing it until the config is reloaded or `edgehook resume {}`", spec.name, spec.name);
                 s.gone.store(true, Ordering::SeqCst);
-                s.outbox.report_blocking(Report::Failed {
-                    sink: s.id,
-                    seq: d.seq,
-                    at_ms: now_ms(),
-                    error: "HTTP 410 Gone".into(),
-                    state: SinkState::Gone,
-                    measured,
-                });
+                s.outbox
+                    .report(Report::Failed {
+                        sink: s.id,
+                        seq: d.seq,
+                        at_ms: now_ms(),
+                        error: "HTTP 410 Gone".into(),
+                        state: SinkState::Gone,
+                        measured,
+                    })
+                    .await;
                 continue;
             }
             Outcome::Permanent { error } => {
@@ -495,13 +540,13 @@ fn deliver(s: &Shared, d: Delivery) {
                     Refusal::Dead(dead) => {
                         log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
                             "Sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
-                        s.outbox.report_blocking(dead);
+                        s.outbox.report(dead).await;
                         return;
                     }
                     Refusal::Retry(failed, wait) => {
                         log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
                             "Sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
-                        s.outbox.report_blocking(failed);
+                        s.outbox.report(failed).await;
                         wait
                     }
                 }
@@ -514,18 +559,20 @@ fn deliver(s: &Shared, d: Delivery) {
                 };
                 log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
                     "Sink {} failed on event {} ({error}); retrying in {} ms", spec.name, d.id, wait.as_millis());
-                s.outbox.report_blocking(Report::Failed {
-                    sink: s.id,
-                    seq: d.seq,
-                    at_ms: now_ms(),
-                    error,
-                    state: SinkState::BackingOff,
-                    measured,
-                });
+                s.outbox
+                    .report(Report::Failed {
+                        sink: s.id,
+                        seq: d.seq,
+                        at_ms: now_ms(),
+                        error,
+                        state: SinkState::BackingOff,
+                        measured,
+                    })
+                    .await;
                 wait
             }
         };
-        s.control.wait(seen, wait);
+        pause(s, seen, wait).await;
     }
 }
 
@@ -544,68 +591,77 @@ mod tests {
         }
     }
 
-    /// Polls `done` until it holds, failing after a minute.
-    fn wait_for(what: &str, done: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(1));
+    /// Runs `f` on a single-threaded runtime, as a sink's thread does, failing after a minute.
+    fn on_runtime<F: Future>(f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), f)
+                .await
+                .expect("timed out")
+        })
+    }
+
+    /// Whether `f` is still waiting after everything ready to run has run.
+    async fn waits<F: Future + Unpin>(f: &mut F) -> bool {
+        tokio::select! {
+            biased;
+            _ = f => false,
+            _ = tokio::task::yield_now() => true,
         }
     }
 
     #[test]
     fn the_read_ahead_hands_out_in_order_and_wakes_the_feeder_only_once_it_runs_low() {
-        let ahead = Arc::new(ReadAhead::default());
-        ahead.extend((1..=FETCH as i64).map(delivery).collect());
-        let woke = Arc::new(AtomicBool::new(false));
-        let feeder = {
-            let (ahead, woke) = (ahead.clone(), woke.clone());
-            std::thread::spawn(move || {
-                let open = ahead.wait_low();
-                woke.store(true, Ordering::SeqCst);
-                open
-            })
-        };
-        wait_for("the feeder to wait", || ahead.lock().feeder_waits);
-        let mut seqs = Vec::new();
-        while ahead.lock().queue.len() > READ_AHEAD_LOW + 1 {
-            seqs.push(ahead.take().unwrap().seq);
-        }
-        // One more than the low mark waits: the feeder is still asleep, and nobody woke it.
-        assert!(ahead.lock().feeder_waits);
-        assert!(!woke.load(Ordering::SeqCst));
-        seqs.push(ahead.take().unwrap().seq);
-        wait_for("the feeder to wake", || feeder.is_finished());
-        assert!(feeder.join().unwrap(), "the feeder goes on reading");
-        while let Some(d) = ahead.lock().queue.pop_front() {
-            seqs.push(d.seq);
-        }
-        assert_eq!(seqs, (1..=FETCH as i64).collect::<Vec<_>>());
+        let ahead = ReadAhead::default();
+        on_runtime(async {
+            ahead.extend((1..=FETCH as i64).map(delivery).collect());
+            let mut feeder = Box::pin(ahead.wait_low());
+            assert!(
+                waits(&mut feeder).await,
+                "the feeder waits while it is full"
+            );
+            let mut seqs = Vec::new();
+            while ahead.queue.borrow().len() > READ_AHEAD_LOW + 1 {
+                seqs.push(ahead.take().await.unwrap().seq);
+            }
+            // One more than the low mark waits: the feeder is still asleep.
+            assert!(waits(&mut feeder).await);
+            seqs.push(ahead.take().await.unwrap().seq);
+            assert!(feeder.await, "the feeder goes on reading");
+            while let Some(d) = ahead.queue.borrow_mut().pop_front() {
+                seqs.push(d.seq);
+            }
+            assert_eq!(seqs, (1..=FETCH as i64).collect::<Vec<_>>());
+        });
     }
 
     #[test]
-    fn closing_the_read_ahead_wakes_the_workers_and_the_feeder_and_drops_what_it_held() {
-        let ahead = Arc::new(ReadAhead::default());
-        let worker = {
-            let ahead = ahead.clone();
-            std::thread::spawn(move || ahead.take().map(|d| d.seq))
-        };
-        wait_for("the worker to wait", || ahead.lock().workers_wait == 1);
-        ahead.close();
-        wait_for("the worker to wake", || worker.is_finished());
-        assert_eq!(worker.join().unwrap(), None);
+    fn a_waiting_task_is_woken_by_deliveries_and_closing_wakes_everyone_and_drops_them() {
+        let ahead = ReadAhead::default();
+        on_runtime(async {
+            let mut task = Box::pin(ahead.take());
+            assert!(waits(&mut task).await, "nothing to take yet");
+            ahead.extend(vec![delivery(7)]);
+            assert_eq!(task.await.map(|d| d.seq), Some(7));
 
-        let ahead = Arc::new(ReadAhead::default());
-        ahead.extend((1..=FETCH as i64).map(delivery).collect());
-        let feeder = {
-            let ahead = ahead.clone();
-            std::thread::spawn(move || ahead.wait_low())
-        };
-        wait_for("the feeder to wait", || ahead.lock().feeder_waits);
-        ahead.close();
-        wait_for("the feeder to wake", || feeder.is_finished());
-        assert!(!feeder.join().unwrap(), "the feeder stops");
-        assert!(ahead.lock().queue.is_empty());
-        assert!(ahead.take().is_none());
+            let mut task = Box::pin(ahead.take());
+            assert!(waits(&mut task).await);
+            ahead.close();
+            assert!(task.await.is_none());
+        });
+
+        let ahead = ReadAhead::default();
+        on_runtime(async {
+            ahead.extend((1..=FETCH as i64).map(delivery).collect());
+            let mut feeder = Box::pin(ahead.wait_low());
+            assert!(waits(&mut feeder).await);
+            ahead.close();
+            assert!(!feeder.await, "the feeder stops");
+            assert!(ahead.queue.borrow().is_empty());
+            assert!(ahead.take().await.is_none());
+        });
     }
 }
