@@ -205,3 +205,152 @@ fn the_body_sent_is_the_stored_envelope_byte_for_byte() {
         "{time}"
     );
 }
+
+/// A `CONNECT` proxy on loopback: it notes each tunnel's request head, refuses tunnels to
+/// `refused_port` with 407, and joins the others to their target byte for byte.
+struct Proxy {
+    port: u16,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(refused_port: u16) -> Proxy {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let noted = heads.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let noted = noted.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    noted.lock().unwrap().push(head.clone());
+                    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                    if target.ends_with(&format!(":{refused_port}")) {
+                        let _ = client.write_all(
+                            b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n",
+                        );
+                        return;
+                    }
+                    let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                        return;
+                    };
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                    let (mut up_r, mut up_w) = (upstream.try_clone().unwrap(), upstream);
+                    let (mut cl_r, mut cl_w) = (client.try_clone().unwrap(), client);
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut up_r, &mut cl_w);
+                        let _ = cl_w.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut cl_r, &mut up_w);
+                    let _ = up_w.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Proxy { port, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_proxy_from_the_environment_carries_the_requests_and_no_proxy_and_refusals_are_honoured() {
+    let proxied = Receiver::ok();
+    let direct = Receiver::ok();
+    let refused = Receiver::ok();
+    let port_of = |r: &Receiver| {
+        r.url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+    };
+    let proxy = Proxy::start(port_of(&refused));
+    // `direct` by the name the no-proxy list holds, the others by address.
+    let direct_url = direct.url().replace("127.0.0.1", "localhost");
+    let setup = Setup::new(
+        &(http_sink("proxied", &proxied.url(), SECRET, "max_in_flight = 4")
+            + &http_sink("direct", &direct_url, SECRET, "")
+            + &http_sink("refused", &refused.url(), SECRET, "")),
+    );
+    let proxy_url = format!("http://edge:s3cret@127.0.0.1:{}", proxy.port);
+    let no_proxy = std::ffi::OsStr::new("localhost");
+    let _daemon = setup.start_with_env(&[
+        ("ALL_PROXY", std::ffi::OsStr::new(&proxy_url)),
+        ("NO_PROXY", no_proxy),
+        ("no_proxy", no_proxy),
+    ]);
+    let ids = emit_pipelined(&setup.socket(), 0, 200, "sensor.reading", 16);
+    wait_until(
+        Duration::from_secs(60),
+        "every event through the proxy and direct",
+        || proxied.delivered_count() >= 200 && direct.delivered_count() >= 200,
+    );
+    for r in [&proxied, &direct] {
+        let got: Vec<String> = r.delivered().iter().map(|q| q.event_id()).collect();
+        assert_eq!(got.len(), 200, "each event once");
+        let mut sorted = got.clone();
+        sorted.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(sorted, want);
+        for q in r.delivered() {
+            verify_standard(&q, SECRET).unwrap();
+        }
+    }
+    let heads = proxy.heads();
+    let proxied_target = format!("CONNECT 127.0.0.1:{} HTTP/1.1", port_of(&proxied));
+    let tunnels = heads
+        .iter()
+        .filter(|h| h.starts_with(&proxied_target))
+        .count();
+    // Connections are kept: a tunnel a task, not one a request.
+    assert!((1..=4).contains(&tunnels), "{tunnels} tunnels: {heads:?}");
+    // Basic credentials from the proxy's URL ("edge:s3cret").
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.contains("Proxy-Authorization: Basic ZWRnZTpzM2NyZXQ=")),
+        "{heads:?}"
+    );
+    assert!(
+        !heads.iter().any(|h| h.contains("localhost")),
+        "the no-proxy host went through the proxy: {heads:?}"
+    );
+    // A refused tunnel is a failed attempt with the proxy's answer; nothing is lost.
+    wait_until(Duration::from_secs(30), "refused tunnels", || {
+        setup.sink_status("refused")["failed_attempts"]
+            .as_i64()
+            .unwrap()
+            >= 2
+    });
+    let s = setup.sink_status("refused");
+    let error = s["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("refused the tunnel") && error.contains("407"),
+        "{error}"
+    );
+    assert_eq!(refused.delivered_count(), 0);
+    assert_eq!(
+        s["pending"].as_i64().unwrap() + s["dead_letters"].as_i64().unwrap(),
+        200,
+        "{s}"
+    );
+}

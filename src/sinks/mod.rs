@@ -435,8 +435,12 @@ async fn feed(s: &Shared, ahead: &ReadAhead) {
     let mut cursor = 0i64;
     // `close_on_stop` closes the read-ahead, which ends this loop.
     while ahead.wait_low().await {
+        // Read before the check, so a stop raised after it is not slept through.
         let seen = s.work.generation();
         let control = s.control.generation();
+        if s.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let fetched = match s.outbox.ask_fetch(s.id, cursor, FETCH).await {
             Ok(answer) => answer.await,
             Err(e) => Err(e),
