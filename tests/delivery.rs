@@ -354,3 +354,47 @@ fn a_proxy_from_the_environment_carries_the_requests_and_no_proxy_and_refusals_a
         "{s}"
     );
 }
+
+#[test]
+fn a_trickle_of_events_keeps_to_one_connection_and_a_burst_to_at_most_max_in_flight() {
+    use std::sync::{Arc, Mutex};
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    let server =
+        raw_server::RawServer::start(Arc::new(move |s: &mut dyn raw_server::Stream, _| {
+            raw_server::answer_ok(s, &kept)
+        }));
+    let setup = Setup::new(&http_sink(
+        "cloud",
+        &server.url(),
+        SECRET,
+        "max_in_flight = 8",
+    ));
+    let _daemon = setup.start();
+    let drained = || setup.sink_status("cloud")["pending"] == 0;
+    wait_until(
+        Duration::from_secs(30),
+        "edgehook's own first events",
+        drained,
+    );
+    let before = server.accepted();
+    // One event at a time, each delivered before the next: the most recent connection serves.
+    for i in 0..10 {
+        emit_one(
+            &setup.socket(),
+            "sensor.reading",
+            serde_json::json!({ "i": i }),
+        );
+        wait_until(Duration::from_secs(30), "the event's delivery", drained);
+    }
+    assert!(
+        server.accepted() <= before.max(1),
+        "{} connections for a trickle, {before} before it",
+        server.accepted()
+    );
+    // A burst: every task busy, each on a connection of its own, none opened twice.
+    emit_pipelined(&setup.socket(), 0, scaled(2000), "sensor.reading", 64);
+    wait_until(Duration::from_secs(120), "the burst's delivery", drained);
+    assert!(server.accepted() <= 8, "{} connections", server.accepted());
+    assert!(bodies.lock().unwrap().len() >= 10 + scaled(2000));
+}

@@ -44,6 +44,10 @@ const READ: usize = 16 * 1024;
 const LONGEST_PROXY_HEAD: usize = 8 * 1024;
 /// The least time given to one of several addresses of a host.
 const LEAST_PER_ADDRESS: Duration = Duration::from_millis(10);
+/// A connection idle for longer is closed rather than used again (ureq's default too): on a
+/// cellular link a NAT forgets an idle connection without a word, and a request sent on it
+/// would wait out the whole timeout before being retried.
+const MAX_IDLE: Duration = Duration::from_secs(15);
 
 /// Where an HTTP sink's requests go.
 struct Target {
@@ -65,9 +69,32 @@ pub struct HttpSink {
     user_agent: String,
 }
 
+/// An HTTP sink's idle connections, the most recently used last. Its delivery tasks take one
+/// for each attempt and give it back after, so they hold no connection while they wait out a
+/// backoff, and a trickle of events keeps using one connection. It belongs to the sink's one
+/// thread.
+#[derive(Default)]
+pub struct Pool(std::cell::RefCell<Vec<Conn>>);
+
+impl Pool {
+    /// The most recently used idle connection, if any.
+    pub fn take(&self) -> Option<Conn> {
+        self.0.borrow_mut().pop()
+    }
+
+    /// Gives back what an attempt left usable.
+    pub fn put(&self, conn: Option<Conn>) {
+        if let Some(c) = conn {
+            self.0.borrow_mut().push(c);
+        }
+    }
+}
+
 /// One connection to the receiver (through the proxy, if any), kept between attempts.
 pub struct Conn {
     stream: Stream,
+    /// When its last answer was read.
+    idle_since: Instant,
     /// Bytes read and not used yet; kept for its allocation.
     input: Vec<u8>,
     /// The request being written; kept for its allocation.
@@ -317,7 +344,10 @@ impl HttpSink {
             .await
             .unwrap_or(false);
         match conn {
-            Some(c) if reusable => c.stream.settle(),
+            Some(c) if reusable => {
+                c.stream.settle();
+                c.idle_since = Instant::now();
+            }
             _ => *conn = None,
         }
         let Answer {
@@ -342,7 +372,10 @@ impl HttpSink {
         body: &[u8],
         deadline: tokio::time::Instant,
     ) -> Result<(Answer, Call<RecvResponse>), Failed> {
-        if conn.as_ref().is_some_and(|c| !c.stream.is_open()) {
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.idle_since.elapsed() > MAX_IDLE || !c.stream.is_open())
+        {
             *conn = None;
         }
         let c = match conn {
@@ -435,6 +468,7 @@ impl HttpSink {
         };
         Ok(Conn {
             stream,
+            idle_since: Instant::now(),
             input: Vec::new(),
             output: Vec::new(),
         })

@@ -399,7 +399,8 @@ fn run_http(s: &Shared, http: &http::HttpSink) {
         }
     };
     let ahead = ReadAhead::default();
-    let tasks = (0..s.spec.max_in_flight.max(1)).map(|_| send_loop(s, http, &ahead));
+    let pool = http::Pool::default();
+    let tasks = (0..s.spec.max_in_flight.max(1)).map(|_| send_loop(s, http, &pool, &ahead));
     runtime.block_on(async {
         futures_util::future::join3(
             feed(s, &ahead),
@@ -464,16 +465,15 @@ async fn feed(s: &Shared, ahead: &ReadAhead) {
     }
 }
 
-/// One delivery task: takes the next delivery and sees it through, on a connection it keeps.
-async fn send_loop(s: &Shared, http: &http::HttpSink, ahead: &ReadAhead) {
-    let mut conn = None;
+/// One delivery task: takes the next delivery and sees it through.
+async fn send_loop(s: &Shared, http: &http::HttpSink, pool: &http::Pool, ahead: &ReadAhead) {
     while let Some(d) = ahead.take().await {
-        deliver(s, http, &mut conn, d).await;
+        deliver(s, http, pool, d).await;
     }
 }
 
 /// Sees one delivery through to delivered, dead letter or shutdown.
-async fn deliver(s: &Shared, http: &http::HttpSink, conn: &mut Option<http::Conn>, d: Delivery) {
+async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delivery) {
     let spec = &s.spec;
     let mut attempts = d.attempts;
     let mut failures_in_row = 0u32;
@@ -492,9 +492,11 @@ async fn deliver(s: &Shared, http: &http::HttpSink, conn: &mut Option<http::Conn
             s.outbox.report(dead).await;
             return;
         }
+        let mut conn = pool.take();
         let a = http
-            .attempt(conn, &d.id, &d.event_type, &d.body, SystemTime::now())
+            .attempt(&mut conn, &d.id, &d.event_type, &d.body, SystemTime::now())
             .await;
+        pool.put(conn);
         attempts += 1;
         let status = a.status.map_or(0, u64::from);
         let latency_ms = a.latency.as_millis() as u64;
