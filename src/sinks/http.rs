@@ -99,6 +99,8 @@ pub struct Conn {
     input: Vec<u8>,
     /// The request being written; kept for its allocation.
     output: Vec<u8>,
+    /// Where the answers' bodies are read to, and dropped.
+    discard: Vec<u8>,
 }
 
 enum Stream {
@@ -382,33 +384,7 @@ impl HttpSink {
             Some(c) => c,
             None => conn.insert(self.connect(deadline).await?),
         };
-        let mut request = http::Request::post(self.target.uri.clone());
-        for (k, v) in headers {
-            request = request.header(k, v);
-        }
-        let request = request
-            .header("content-length", body.len())
-            .body(())
-            .map_err(|e| Failed(format!("cannot make the request: {e}")))?;
-        let mut call = Call::new(request)?.proceed();
-        c.output.clear();
-        let mut scratch = [0u8; 4096];
-        while !call.can_proceed() {
-            let n = call.write(&mut scratch)?;
-            c.output.extend_from_slice(&scratch[..n]);
-        }
-        let mut call = match call.proceed()? {
-            Some(SendRequestResult::SendBody(mut send)) => {
-                send.consume_direct_write(body.len())?;
-                c.output.extend_from_slice(body);
-                send.proceed()
-                    .ok_or_else(|| Failed("the request's body was not all sent".into()))?
-            }
-            Some(SendRequestResult::RecvResponse(recv)) => recv,
-            Some(SendRequestResult::Await100(_)) | None => {
-                return Err(Failed("the request could not be written".into()));
-            }
-        };
+        let mut call = self.write_request(&mut c.output, headers, body)?;
         c.stream.write_all(&c.output).await?;
         c.input.clear();
         loop {
@@ -444,6 +420,44 @@ impl HttpSink {
         }
     }
 
+    /// Writes the request into `out` (head and body, sent in one write) and returns the call,
+    /// ready to read the answer.
+    fn write_request(
+        &self,
+        out: &mut Vec<u8>,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Call<RecvResponse>, Failed> {
+        let mut request = http::Request::post(self.target.uri.clone());
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let request = request
+            .header("content-length", body.len())
+            .body(())
+            .map_err(|e| Failed(format!("cannot make the request: {e}")))?;
+        let mut call = Call::new(request)?.proceed();
+        out.clear();
+        while !call.can_proceed() {
+            let at = out.len();
+            out.resize(at + 4096, 0);
+            let n = call.write(&mut out[at..])?;
+            out.truncate(at + n);
+        }
+        match call.proceed()? {
+            Some(SendRequestResult::SendBody(mut send)) => {
+                send.consume_direct_write(body.len())?;
+                out.extend_from_slice(body);
+                send.proceed()
+                    .ok_or_else(|| Failed("the request's body was not all sent".into()))
+            }
+            Some(SendRequestResult::RecvResponse(recv)) => Ok(recv),
+            Some(SendRequestResult::Await100(_)) | None => {
+                Err(Failed("the request could not be written".into()))
+            }
+        }
+    }
+
     /// A new connection to the receiver: straight, or through the proxy's tunnel; then TLS for
     /// `https://`.
     async fn connect(&self, deadline: tokio::time::Instant) -> Result<Conn, Failed> {
@@ -471,6 +485,7 @@ impl HttpSink {
             idle_since: Instant::now(),
             input: Vec::new(),
             output: Vec::new(),
+            discard: vec![0; 4096],
         })
     }
 }
@@ -482,7 +497,6 @@ async fn skip_body(conn: &mut Option<Conn>, call: Call<RecvResponse>) -> bool {
     let cleanup = match call.proceed() {
         Some(RecvResponseResult::Cleanup(cleanup)) => cleanup,
         Some(RecvResponseResult::RecvBody(mut call)) => {
-            let mut scratch = vec![0u8; READ];
             let mut taken = 0usize;
             loop {
                 if call.can_proceed() {
@@ -491,7 +505,7 @@ async fn skip_body(conn: &mut Option<Conn>, call: Call<RecvResponse>) -> bool {
                         _ => return false,
                     }
                 }
-                let Ok((used, _)) = call.read(&c.input, &mut scratch) else {
+                let Ok((used, _)) = call.read(&c.input, &mut c.discard) else {
                     return false;
                 };
                 c.input.drain(..used);
