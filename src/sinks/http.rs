@@ -1,15 +1,16 @@
 //! The HTTP transport: one signed `POST` per attempt on a kept-alive connection, and the
 //! classification of what came back (section 3 of the spec).
 //!
-//! Every attempt is a future: a sink's deliveries run as tasks on its one thread (`super::run`),
-//! each task with a connection of its own, so `max_in_flight` requests out at once cost one
-//! thread that wakes for whatever answers have come, not a thread a request woken for each.
+//! Every attempt is a future: a sink's deliveries run as tasks on its one thread
+//! (`super::run_http`), taking connections from the sink's `Pool`, so `max_in_flight` requests
+//! out at once cost one thread that wakes for whatever answers have come, not a thread a
+//! request woken for each.
 //! ureq-proto (ureq's own sans-IO HTTP/1.1) writes the request and reads the response, tokio
 //! carries the bytes, rustls the TLS; `edgehook test` runs one attempt on a runtime of its own.
 //!
 //! A request goes out in one write (head and body together: one packet, one wake-up of the
-//! receiver). Before a kept connection is used again, one `recv(MSG_PEEK | MSG_DONTWAIT)`
-//! checks that the receiver has not closed it meanwhile.
+//! receiver). Before a kept connection is used again, `Stream::is_open` checks that the
+//! receiver has not closed it meanwhile (without a system call unless something came).
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -40,6 +41,8 @@ const BODY_LIMIT: usize = 64 * 1024;
 const LONGEST_HEAD: usize = 32 * 1024;
 /// What one read asks the socket for.
 const READ: usize = 16 * 1024;
+/// The longest header line a request may have (ureq's output buffer was as long).
+const LONGEST_LINE: usize = 16 * 1024;
 /// The longest answer of a proxy to `CONNECT` taken.
 const LONGEST_PROXY_HEAD: usize = 8 * 1024;
 /// The least time given to one of several addresses of a host.
@@ -97,7 +100,7 @@ pub struct Conn {
     idle_since: Instant,
     /// Bytes read and not used yet; kept for its allocation.
     input: Vec<u8>,
-    /// The request being written; kept for its allocation.
+    /// The request being written (its first bytes: `write_request`); kept with its length.
     output: Vec<u8>,
     /// Where the answers' bodies are read to, and dropped.
     discard: Vec<u8>,
@@ -162,6 +165,7 @@ impl Stream {
 }
 
 /// Why an exchange failed, as the sink's last error shows it.
+#[derive(Debug)]
 struct Failed(String);
 
 impl From<io::Error> for Failed {
@@ -176,10 +180,10 @@ impl From<ureq_proto::Error> for Failed {
     }
 }
 
-/// The head of an answer, and whether its connection can carry the next request.
+/// What the sink keeps of an answer's head.
 struct Answer {
     status: u16,
-    reason: String,
+    reason: &'static str,
     retry_after: Option<String>,
 }
 
@@ -283,10 +287,7 @@ impl HttpSink {
         stored: &[u8],
         now: SystemTime,
     ) -> Attempt {
-        match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        match super::single_thread_runtime() {
             Ok(rt) => rt.block_on(self.attempt(&mut None, id, event_type, stored, now)),
             Err(e) => Attempt {
                 outcome: Outcome::Transient {
@@ -384,8 +385,8 @@ impl HttpSink {
             Some(c) => c,
             None => conn.insert(self.connect(deadline).await?),
         };
-        let mut call = self.write_request(&mut c.output, headers, body)?;
-        c.stream.write_all(&c.output).await?;
+        let (mut call, len) = write_request(&self.target.uri, &mut c.output, headers, body)?;
+        c.stream.write_all(&c.output[..len]).await?;
         c.input.clear();
         loop {
             let (used, response) = call.try_response(&c.input, false)?;
@@ -394,7 +395,7 @@ impl HttpSink {
                 let status = response.status();
                 let answer = Answer {
                     status: status.as_u16(),
-                    reason: status.canonical_reason().unwrap_or("").to_string(),
+                    reason: status.canonical_reason().unwrap_or(""),
                     retry_after: response
                         .headers()
                         .get("retry-after")
@@ -416,44 +417,6 @@ impl HttpSink {
                 return Err(Failed(
                     "connection failed: closed by the receiver before it answered".into(),
                 ));
-            }
-        }
-    }
-
-    /// Writes the request into `out` (head and body, sent in one write) and returns the call,
-    /// ready to read the answer.
-    fn write_request(
-        &self,
-        out: &mut Vec<u8>,
-        headers: &[(String, String)],
-        body: &[u8],
-    ) -> Result<Call<RecvResponse>, Failed> {
-        let mut request = http::Request::post(self.target.uri.clone());
-        for (k, v) in headers {
-            request = request.header(k, v);
-        }
-        let request = request
-            .header("content-length", body.len())
-            .body(())
-            .map_err(|e| Failed(format!("cannot make the request: {e}")))?;
-        let mut call = Call::new(request)?.proceed();
-        out.clear();
-        while !call.can_proceed() {
-            let at = out.len();
-            out.resize(at + 4096, 0);
-            let n = call.write(&mut out[at..])?;
-            out.truncate(at + n);
-        }
-        match call.proceed()? {
-            Some(SendRequestResult::SendBody(mut send)) => {
-                send.consume_direct_write(body.len())?;
-                out.extend_from_slice(body);
-                send.proceed()
-                    .ok_or_else(|| Failed("the request's body was not all sent".into()))
-            }
-            Some(SendRequestResult::RecvResponse(recv)) => Ok(recv),
-            Some(SendRequestResult::Await100(_)) | None => {
-                Err(Failed("the request could not be written".into()))
             }
         }
     }
@@ -487,6 +450,52 @@ impl HttpSink {
             output: Vec::new(),
             discard: vec![0; 4096],
         })
+    }
+}
+
+/// Writes the request to `uri` into `out` (head and body, sent in one write) and returns the
+/// call, ready to read the answer, and the request's length. `out` keeps its length between
+/// requests, so its bytes are zeroed once rather than for every request; a header line may be
+/// up to `LONGEST_LINE` long.
+fn write_request(
+    uri: &http::Uri,
+    out: &mut Vec<u8>,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<(Call<RecvResponse>, usize), Failed> {
+    let bad = |e: &dyn std::fmt::Display| Failed(format!("cannot make the request: {e}"));
+    let mut request = http::Request::post(uri.clone());
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    let request = request
+        .header("content-length", body.len())
+        .body(())
+        .map_err(|e| bad(&e))?;
+    let mut call = Call::new(request).map_err(|e| bad(&e))?.proceed();
+    let mut len = 0;
+    while !call.can_proceed() {
+        if out.len() < len + LONGEST_LINE {
+            out.resize(len + LONGEST_LINE, 0);
+        }
+        len += call.write(&mut out[len..]).map_err(|e| bad(&e))?;
+    }
+    match call.proceed().map_err(|e| bad(&e))? {
+        Some(SendRequestResult::SendBody(mut send)) => {
+            send.consume_direct_write(body.len()).map_err(|e| bad(&e))?;
+            if out.len() < len + body.len() {
+                out.resize(len + body.len(), 0);
+            }
+            out[len..len + body.len()].copy_from_slice(body);
+            let call = send
+                .proceed()
+                .ok_or_else(|| Failed("the request's body was not all sent".into()))?;
+            Ok((call, len + body.len()))
+        }
+        Some(SendRequestResult::RecvResponse(recv)) => Ok((recv, len)),
+        Some(SendRequestResult::Await100(_)) | None => {
+            Err(Failed("the request could not be written".into()))
+        }
     }
 }
 
@@ -654,6 +663,30 @@ fn is_loopback_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_written_whole_with_long_header_lines_and_nothing_left_from_the_last() {
+        let uri: http::Uri = "http://receiver.test:8080/hook?x=1".parse().unwrap();
+        let mut out = Vec::new();
+        let token = "t".repeat(10_000);
+        let long = [("authorization".to_string(), format!("Bearer {token}"))];
+        let (_, len) = write_request(&uri, &mut out, &long, b"{\"a\":1}").unwrap();
+        let text = String::from_utf8(out[..len].to_vec()).unwrap();
+        assert!(text.starts_with("POST /hook?x=1 HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("host: receiver.test:8080\r\n"), "{text}");
+        assert!(text.contains(&format!("authorization: Bearer {token}\r\n")));
+        assert!(text.contains("content-length: 7\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{\"a\":1}"), "{text}");
+
+        // A shorter request after it: its own bytes only, though the buffer keeps its length.
+        let short = [("x-k".to_string(), "v".to_string())];
+        let (_, len) = write_request(&uri, &mut out, &short, b"{}").unwrap();
+        let text = String::from_utf8(out[..len].to_vec()).unwrap();
+        assert!(!text.contains("Bearer"), "{text}");
+        assert!(text.contains("x-k: v\r\n"), "{text}");
+        assert!(text.ends_with("content-length: 2\r\n\r\n{}"), "{text}");
+        assert!(out.len() > len, "the buffer is kept at its length");
+    }
 
     #[test]
     fn status_codes_fall_into_the_specs_classes() {

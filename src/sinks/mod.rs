@@ -295,7 +295,7 @@ impl SinkRunner {
         let name = shared.spec.name.clone();
         let s = shared.clone();
         // One thread a sink: MQTT's one connection carries the whole window (see `mqtt`);
-        // HTTP's `max_in_flight` tasks each keep a connection of their own (`run_http`).
+        // HTTP's `max_in_flight` tasks share the sink's idle connections (`run_http`).
         let thread = match &shared.transport {
             Transport::Mqtt(_) => spawn(&name, "mqtt", move || {
                 if let Transport::Mqtt(m) = &s.transport {
@@ -388,27 +388,36 @@ fn spawn(sink: &str, role: &str, f: impl FnOnce() + Send + 'static) -> JoinHandl
 /// An HTTP sink's thread: a feeder reading its queue ahead and `max_in_flight` delivery tasks
 /// on one single-threaded runtime, until the daemon stops the sink.
 fn run_http(s: &Shared, http: &http::HttpSink) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!(sink = s.spec.name.as_str(); "Sink {} cannot start its runtime: {e}", s.spec.name);
-            return;
-        }
-    };
     let ahead = ReadAhead::default();
     let pool = http::Pool::default();
     let tasks = (0..s.spec.max_in_flight.max(1)).map(|_| send_loop(s, http, &pool, &ahead));
-    runtime.block_on(async {
+    run_on_own_runtime(
+        s,
         futures_util::future::join3(
             feed(s, &ahead),
             futures_util::future::join_all(tasks),
             close_on_stop(s, &ahead),
-        )
-        .await
-    });
+        ),
+    );
+}
+
+/// A single-threaded runtime: a sink's thread's own, or one attempt's outside it.
+fn single_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Runs a sink's thread's work on a runtime of its own; without one, says so and returns.
+fn run_on_own_runtime(s: &Shared, work: impl Future) {
+    match single_thread_runtime() {
+        Ok(runtime) => {
+            runtime.block_on(work);
+        }
+        Err(e) => {
+            log::error!(sink = s.spec.name.as_str(); "Sink {} cannot start its runtime: {e}", s.spec.name);
+        }
+    }
 }
 
 /// Closes the read-ahead once the sink is asked to stop: the tasks finish the attempts they
@@ -599,10 +608,7 @@ mod tests {
 
     /// Runs `f` on a single-threaded runtime, as a sink's thread does, failing after a minute.
     fn on_runtime<F: Future>(f: F) -> F::Output {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = single_thread_runtime().unwrap();
         rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), f)
                 .await

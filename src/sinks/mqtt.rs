@@ -109,10 +109,7 @@ impl MqttSink {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let started = Instant::now();
-        let (status, outcome) = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        let (status, outcome) = match super::single_thread_runtime() {
             Ok(rt) => rt.block_on(async {
                 tokio::time::timeout(
                     self.spec.timeout,
@@ -548,17 +545,7 @@ enum End {
 /// The sink's thread: connect, publish, reconnect, until the daemon stops the sink.
 pub(super) fn run(s: &Shared, sink: &MqttSink) {
     batch_work(&s.spec.name);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!(sink = s.spec.name.as_str(); "Sink {} cannot start its runtime: {e}", s.spec.name);
-            return;
-        }
-    };
-    runtime.block_on(connect_loop(s, sink));
+    super::run_on_own_runtime(s, connect_loop(s, sink));
 }
 
 /// Makes the calling thread batch work (`SCHED_BATCH`): woken while another task runs on its
@@ -618,10 +605,7 @@ async fn connect_loop(s: &Shared, sink: &MqttSink) {
                 error,
             })
             .await;
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = s.control.changed(seen) => {}
-        }
+        super::pause(s, seen, wait).await;
     }
 }
 
