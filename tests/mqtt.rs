@@ -27,7 +27,15 @@ fn mqtt_sink(name: &str, url: &str, extra: &str) -> String {
 /// A broker, a subscriber to `topics` on it, and a daemon whose one sink, `broker`, publishes
 /// to it.
 fn daemon_with_broker(setup: &Setup, topics: &str) -> (Broker, Subscriber, Daemon) {
-    let broker = Broker::start(setup.dir.path(), "allow_anonymous true");
+    // A subscriber in a loaded test run can fall behind a drain, and mosquitto drops what it
+    // queues for a client beyond max_queued_messages (1,000 by default): room for every
+    // event, so that what is missing could only be edgehook's loss. (The ten thousand events
+    // once did not all arrive in a whole suite's run, 2026-12-07, and the cause was not
+    // kept; that test now says what arrived, what the sink says and what the broker logged.)
+    let broker = Broker::start(
+        setup.dir.path(),
+        "allow_anonymous true\nmax_queued_messages 100000",
+    );
     let sub = Subscriber::connect(broker.port, topics);
     setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
     let daemon = setup.start();
@@ -40,11 +48,24 @@ fn ten_thousand_events_arrive_in_order_each_verified() {
         return;
     }
     let setup = Setup::new("");
-    let (_broker, sub, _daemon) = daemon_with_broker(&setup, "edgehook/#");
+    let (broker, sub, _daemon) = daemon_with_broker(&setup, "edgehook/#");
     let ids = emit_pipelined(&setup.socket(), 0, 10_000, "sensor.reading", 64);
-    wait_until(Duration::from_secs(120), "10,000 messages", || {
-        sub.event_count() >= 10_000
-    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sub.event_count() < 10_000 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 10,000 messages arrived in 120 s; the sink says {}; the broker's log: {}",
+            sub.event_count(),
+            setup.sink_status("broker"),
+            broker
+                .log()
+                .lines()
+                .filter(|l| !l.contains("PUBLISH") && !l.contains("PUBACK"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let events = sub.events();
     assert_eq!(events.len(), 10_000, "no duplicates without faults");
     let device = setup.status()["device"]["id"].as_str().unwrap().to_string();

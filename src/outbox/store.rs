@@ -44,9 +44,7 @@ pub(super) const FETCH_DELIVERIES: &str =
 /// earlier one. So what is unrecorded at a kill was reported since the sink asked for its
 /// last answered fetch: at most that fetch, what it still held when it asked (it reads ahead,
 /// `READ_AHEAD_LOW` in `sinks`), and what is in flight. Meanwhile, a batch waits no longer
-/// than `REPORTS_WAIT`, so what is unrecorded is mostly what arrives in that and one commit;
-/// that keeps repeats inside the crash test's tighter bound (a fetch of 256 plus what is in
-/// flight) unless a commit stalls for long while a sink drains.
+/// than `REPORTS_WAIT`, so what is unrecorded is mostly what arrives in that and one commit.
 const REPORTS_BUSY: usize = 4;
 const REPORTS_RECENT: Duration = Duration::from_millis(20);
 const REPORTS_TOGETHER: usize = 512;

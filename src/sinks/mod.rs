@@ -25,10 +25,15 @@ use crate::outbox::{Delivery, Measured, Outbox, Report, SinkId, SinkState, clock
 use crate::wake::Wake;
 
 /// How many deliveries a sink reads from its queue at once (the HTTP feeder, the MQTT session).
-const FETCH: usize = 256;
+const FETCH: usize = 512;
 /// A sink reads its next deliveries once no more than this many wait to be sent (the HTTP
-/// feeder) or published (the MQTT session).
-const READ_AHEAD_LOW: usize = FETCH / 2;
+/// feeder) or published (the MQTT session), so it holds at most `READ_AHEAD_LOW + FETCH`.
+/// The outbox answers a read only after committing the delivery reports sent before it, on
+/// a thread that records every delivery (BENCHMARKS.md, "The read-ahead"): in a fast drain
+/// that takes a few milliseconds, and a sink that asked with half a read left (128 of 256)
+/// ran dry and waited for the answer about every other read, for a quarter to nearly half of
+/// an MQTT drain.
+const READ_AHEAD_LOW: usize = FETCH;
 /// How long an idle feeder sleeps before looking again on its own.
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -606,6 +611,9 @@ mod tests {
         }
     }
 
+    /// The most a read-ahead holds: what was left when the feeder asked, and the answer.
+    const FULL: usize = READ_AHEAD_LOW + FETCH;
+
     /// Runs `f` on a single-threaded runtime, as a sink's thread does, failing after a minute.
     fn on_runtime<F: Future>(f: F) -> F::Output {
         let rt = single_thread_runtime().unwrap();
@@ -629,7 +637,7 @@ mod tests {
     fn the_read_ahead_hands_out_in_order_and_wakes_the_feeder_only_once_it_runs_low() {
         let ahead = ReadAhead::default();
         on_runtime(async {
-            ahead.extend((1..=FETCH as i64).map(delivery).collect());
+            ahead.extend((1..=FULL as i64).map(delivery).collect());
             let mut feeder = Box::pin(ahead.wait_low());
             assert!(
                 waits(&mut feeder).await,
@@ -646,7 +654,7 @@ mod tests {
             while let Some(d) = ahead.queue.borrow_mut().pop_front() {
                 seqs.push(d.seq);
             }
-            assert_eq!(seqs, (1..=FETCH as i64).collect::<Vec<_>>());
+            assert_eq!(seqs, (1..=FULL as i64).collect::<Vec<_>>());
         });
     }
 
@@ -667,7 +675,7 @@ mod tests {
 
         let ahead = ReadAhead::default();
         on_runtime(async {
-            ahead.extend((1..=FETCH as i64).map(delivery).collect());
+            ahead.extend((1..=FULL as i64).map(delivery).collect());
             let mut feeder = Box::pin(ahead.wait_low());
             assert!(waits(&mut feeder).await);
             ahead.close();
