@@ -398,3 +398,51 @@ fn a_trickle_of_events_keeps_to_one_connection_and_a_burst_to_at_most_max_in_fli
     assert!(server.accepted() <= 8, "{} connections", server.accepted());
     assert!(bodies.lock().unwrap().len() >= 10 + scaled(2000));
 }
+
+#[test]
+fn a_connection_idle_for_over_15_s_is_not_trusted_again() {
+    use std::sync::{Arc, Mutex};
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    // The server keeps every connection open for as long as the client does, so only the
+    // sink's own idle limit can make it open another.
+    let server =
+        raw_server::RawServer::start(Arc::new(move |s: &mut dyn raw_server::Stream, _| {
+            raw_server::answer_ok(s, &kept)
+        }));
+    let setup = Setup::new(&http_sink("cloud", &server.url(), SECRET, ""));
+    let _daemon = setup.start();
+    let drained = || setup.sink_status("cloud")["pending"] == 0;
+    let deliver_one = |i: usize| {
+        emit_one(
+            &setup.socket(),
+            "sensor.reading",
+            serde_json::json!({ "i": i }),
+        );
+        wait_until(Duration::from_secs(30), "the event's delivery", drained);
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "edgehook's own first events",
+        drained,
+    );
+    deliver_one(0);
+    let before = server.accepted();
+    deliver_one(1);
+    assert_eq!(
+        server.accepted(),
+        before,
+        "a fresh connection is used again"
+    );
+    // What is waited for here is the idle time itself: over the sink's limit of 15 s (a
+    // cellular NAT may have forgotten the connection by then).
+    std::thread::sleep(Duration::from_secs(16));
+    deliver_one(2);
+    assert_eq!(
+        server.accepted(),
+        before + 1,
+        "one new connection after 16 s idle"
+    );
+    deliver_one(3);
+    assert_eq!(server.accepted(), before + 1, "and that one is used again");
+}
