@@ -357,13 +357,7 @@ fn a_proxy_from_the_environment_carries_the_requests_and_no_proxy_and_refusals_a
 
 #[test]
 fn a_trickle_of_events_keeps_to_one_connection_and_a_burst_to_at_most_max_in_flight() {
-    use std::sync::{Arc, Mutex};
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let kept = bodies.clone();
-    let server =
-        raw_server::RawServer::start(Arc::new(move |s: &mut dyn raw_server::Stream, _| {
-            raw_server::answer_ok(s, &kept)
-        }));
+    let (server, bodies) = raw_server::ok_server();
     let setup = Setup::new(&http_sink(
         "cloud",
         &server.url(),
@@ -401,15 +395,9 @@ fn a_trickle_of_events_keeps_to_one_connection_and_a_burst_to_at_most_max_in_fli
 
 #[test]
 fn a_connection_idle_for_over_15_s_is_not_trusted_again() {
-    use std::sync::{Arc, Mutex};
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let kept = bodies.clone();
     // The server keeps every connection open for as long as the client does, so only the
     // sink's own idle limit can make it open another.
-    let server =
-        raw_server::RawServer::start(Arc::new(move |s: &mut dyn raw_server::Stream, _| {
-            raw_server::answer_ok(s, &kept)
-        }));
+    let (server, _bodies) = raw_server::ok_server();
     let setup = Setup::new(&http_sink("cloud", &server.url(), SECRET, ""));
     let _daemon = setup.start();
     let drained = || setup.sink_status("cloud")["pending"] == 0;

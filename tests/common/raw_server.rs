@@ -169,6 +169,15 @@ pub fn hold(stream: &mut dyn Stream) {
     while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
 }
 
+/// A server answering every request 200 on connections it keeps open (`answer_ok`), and the
+/// bodies it received.
+pub fn ok_server() -> (RawServer, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    let server = RawServer::start(Arc::new(move |s: &mut dyn Stream, _| answer_ok(s, &kept)));
+    (server, bodies)
+}
+
 /// Answers requests with an empty 200 until the peer closes; each request's body goes to
 /// `bodies`.
 pub fn answer_ok(stream: &mut dyn Stream, bodies: &Mutex<Vec<Vec<u8>>>) {
