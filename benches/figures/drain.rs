@@ -267,7 +267,6 @@ const MOSQUITTO_PUB_SHORT: usize = MOSQUITTO_PUB_RUN / 2;
 pub struct AnchorRuns {
     long: PathBuf,
     short: PathBuf,
-    lines: usize,
     properties: Vec<[String; 3]>,
 }
 
@@ -281,7 +280,6 @@ impl AnchorRuns {
         AnchorRuns {
             long,
             short,
-            lines: MOSQUITTO_PUB_RUN,
             properties: messages.properties.clone(),
         }
     }
@@ -317,9 +315,8 @@ impl AnchorRuns {
             .filter(|l| l.contains("received PUBACK"))
             .count();
         assert_eq!(
-            acknowledged, self.lines,
-            "mosquitto_pub had {acknowledged} of {} messages acknowledged",
-            self.lines
+            acknowledged, MOSQUITTO_PUB_RUN,
+            "mosquitto_pub had {acknowledged} of {MOSQUITTO_PUB_RUN} messages acknowledged"
         );
     }
 }

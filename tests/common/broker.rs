@@ -48,9 +48,17 @@ fn free_port() -> u16 {
 
 impl Broker {
     /// Starts mosquitto on a free port with `extra` config lines for its listener, keeping its
-    /// sessions on disk and logging everything (tests read the log).
+    /// sessions on disk and logging everything (tests read the log). A subscriber gets room to
+    /// queue a million messages: mosquitto drops what it queues for a client beyond
+    /// `max_queued_messages` (1,000 by default; its log says "Outgoing messages are being
+    /// dropped"), which a test's subscriber falling behind a drain or a broker restart would
+    /// meet, and what is missing at a subscriber could then only be edgehook's loss.
     pub fn start(dir: &Path, extra: &str) -> Broker {
-        Broker::start_with(dir, "persistence true\nlog_type all\n", extra)
+        Broker::start_with(
+            dir,
+            "persistence true\nlog_type all\nmax_queued_messages 1000000\n",
+            extra,
+        )
     }
 
     /// Starts mosquitto as a device's broker would run: no per-message log, no persistence

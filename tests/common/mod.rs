@@ -75,14 +75,25 @@ pub fn run(config: &Path, args: &[&str]) -> Output {
 }
 
 /// Waits until `cond` holds, or panics with `what` after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    wait_until_or(limit, cond, || {
+        format!("timed out after {limit:?} waiting for {what}")
+    });
+}
+
+/// Waits until `cond` holds, or panics after `limit` with what `explain` says then (the state
+/// that shows why).
+pub fn wait_until_or(
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+    explain: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(2);
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!("{}", explain());
+        }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
