@@ -11,11 +11,10 @@ use serde_json::json;
 
 #[test]
 fn demo_shows_every_sample_event_verified_and_exits_by_itself() {
-    let out = edgehook()
-        .args(["demo", "--events", "4", "--every", "50ms"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        edgehook().args(["demo", "--events", "4", "--every", "50ms"]),
+        COMMAND_LIMIT,
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -194,7 +193,7 @@ fn every_command_has_help_with_an_example() {
         &["demo"],
     ];
     for c in commands {
-        let out = edgehook().args(*c).arg("--help").output().unwrap();
+        let out = output_within(edgehook().args(*c).arg("--help"), COMMAND_LIMIT);
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{c:?}");
         assert!(

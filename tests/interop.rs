@@ -178,7 +178,7 @@ fn edgehook_verify(
     for (k, v) in headers {
         cmd.arg("--header").arg(format!("{k}: {v}"));
     }
-    let out = cmd.arg(&file).output().expect("edgehook runs");
+    let out = output_within(cmd.arg(&file), COMMAND_LIMIT);
     let said = String::from_utf8_lossy(&out.stdout);
     (
         out.status.code(),

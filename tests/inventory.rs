@@ -20,17 +20,17 @@ fn fixtures() -> PathBuf {
 fn inventory_json(setup: &Setup, section: &str) -> (Value, String) {
     setup.write_config(section);
     // The fixture script that hangs writes its child's pid here.
-    let out = edgehook()
-        .arg("--config")
-        .arg(&setup.config)
-        .args(["inventory", "--json"])
-        .env(
-            "EDGEHOOK_TEST_PIDFILE",
-            setup.dir.path().join("hung-child.pid"),
-        )
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = output_within(
+        edgehook()
+            .arg("--config")
+            .arg(&setup.config)
+            .args(["inventory", "--json"])
+            .env(
+                "EDGEHOOK_TEST_PIDFILE",
+                setup.dir.path().join("hung-child.pid"),
+            ),
+        COMMAND_LIMIT,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "inventory failed: {stderr}");
     (

@@ -306,12 +306,10 @@ fn verify(args: &[&str], body: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("body");
     std::fs::write(&file, body).unwrap();
-    let out = edgehook()
-        .arg("verify")
-        .args(args)
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = output_within(
+        edgehook().arg("verify").args(args).arg(&file),
+        COMMAND_LIMIT,
+    );
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -428,10 +426,10 @@ fn verify_accepts_independent_signatures_and_rejects_every_kind_of_tampering() {
 #[test]
 fn secret_generate_prints_secrets_that_sign_and_verify() {
     for (scheme, prefix, len) in [("standard", "whsec_", 50), ("mender", "", 64)] {
-        let out = edgehook()
-            .args(["secret", "generate", "--scheme", scheme])
-            .output()
-            .unwrap();
+        let out = output_within(
+            edgehook().args(["secret", "generate", "--scheme", scheme]),
+            COMMAND_LIMIT,
+        );
         assert!(out.status.success());
         let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert!(secret.starts_with(prefix), "{secret}");
@@ -536,7 +534,7 @@ fn reloading_twenty_times_while_events_flow_loses_and_duplicates_nothing() {
     let extra = Receiver::ok();
     let secrets: Vec<String> = (0..=20)
         .map(|_| {
-            let out = edgehook().args(["secret", "generate"]).output().unwrap();
+            let out = output_within(edgehook().args(["secret", "generate"]), COMMAND_LIMIT);
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         })
         .collect();

@@ -4,6 +4,7 @@
 #                           unpacks the target's standard library from libstd-rust-web-dev
 #                           and its libfaketime (for tests/clock.rs)
 #   cross_env TRIPLE        exports RUSTC, the linker, the C compiler and the qemu runner
+#                           (CROSS_RUNNER, and cargo's, which bounds each test binary's time)
 RUST_185=1.85.0+dfsg3-1~deb12u3
 
 deb_arch() { case "$1" in aarch64-*) echo arm64 ;; armv7-*) echo armhf ;; *) return 1 ;; esac; }
@@ -74,5 +75,16 @@ cross_env() {
   cc="$(gnu_triple "$t")-gcc"
   CROSS_RUNNER="qemu-$(case "$t" in aarch64-*) echo aarch64 ;; *) echo arm ;; esac)-static -L /usr/$(gnu_triple "$t")"
   export RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross CROSS_RUNNER
-  export "CARGO_TARGET_${upper}_LINKER=$cc" "CARGO_TARGET_${upper}_RUNNER=$CROSS_RUNNER" "CC_${t//-/_}=$cc"
+  # bookworm's qemu-user-static (7.2) links GLib 2.74, whose slice allocator keeps per-thread
+  # caches behind locks that fork() does not reset: a process forked by a multi-threaded
+  # emulated one (a test binary starting edgehook, the daemon starting an inventory script)
+  # can hang on a futex before it reaches exec. A stress of 2,000 spawns from 4 threads hung
+  # in 5 runs of 8 as it was, and in none of 33 with GLib's allocator turned off (malloc).
+  # Every qemu here inherits this: cargo's runner, EDGEHOOK_TEST_RUNNER and their children.
+  export G_SLICE=always-malloc
+  # A test binary that runs over CROSS_WATCHDOG seconds (10 minutes; the longest takes about
+  # 35 s) is stopped with its process group and fails its suite, rather than hold CI to its
+  # time limit with nothing said.
+  export "CARGO_TARGET_${upper}_LINKER=$cc" "CC_${t//-/_}=$cc" \
+    "CARGO_TARGET_${upper}_RUNNER=timeout --verbose --kill-after=30 ${CROSS_WATCHDOG:-600} $CROSS_RUNNER"
 }

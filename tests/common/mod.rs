@@ -63,15 +63,58 @@ pub fn scaled(n: usize) -> usize {
     }
 }
 
-/// Runs `edgehook --config CONFIG ARGS…` to completion.
+/// How long a one-off command (`edgehook verify`, `edgehook dead-letters` …) may take.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `edgehook --config CONFIG ARGS…` to completion, within `COMMAND_LIMIT`.
 pub fn run(config: &Path, args: &[&str]) -> Output {
-    edgehook()
-        .arg("--config")
-        .arg(config)
-        .args(args)
+    output_within(
+        edgehook().arg("--config").arg(config).args(args),
+        COMMAND_LIMIT,
+    )
+}
+
+/// `cmd.output()` with stdin from /dev/null, but a command still running after `limit` is
+/// killed and the test fails saying which, rather than hang its binary (under qemu-user, a
+/// forked child can hang before it reaches exec: scripts/lib/cross.sh).
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
-        .expect("edgehook runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} starts: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let child = std::cell::RefCell::new(child);
+    let mut status = None;
+    wait_until_or(
+        limit,
+        || {
+            status = child.borrow_mut().try_wait().expect("wait for the child");
+            status.is_some()
+        },
+        || {
+            let _ = child.borrow_mut().kill();
+            let _ = child.borrow_mut().wait();
+            format!("{cmd:?} did not finish within {limit:?}")
+        },
+    );
+    Output {
+        status: status.expect("finished"),
+        stdout: stdout.join().expect("stdout read"),
+        stderr: stderr.join().expect("stderr read"),
+    }
 }
 
 /// Waits until `cond` holds, or panics with `what` after `limit`.
