@@ -802,7 +802,9 @@ impl Store {
                 attempts: r.get(1)?,
                 id: r.get(2)?,
                 event_type: r.get(3)?,
-                body: r.get::<_, Vec<u8>>(4)?.into(),
+                // Copied once, from SQLite's buffer into the shared body (a `Vec` first
+                // would be a second copy).
+                body: std::sync::Arc::from(r.get_ref(4)?.as_blob()?),
                 created_ms: r.get(5)?,
             })
         })?;
