@@ -78,42 +78,23 @@ pub fn run(config: &Path, args: &[&str]) -> Output {
 /// killed and the test fails saying which, rather than hang its binary (under qemu-user, a
 /// forked child can hang before it reaches exec: scripts/lib/cross.sh).
 pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
-    use std::io::Read;
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd:?} starts: {e}"));
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let child = std::cell::RefCell::new(child);
-    let mut status = None;
-    wait_until_or(
-        limit,
-        || {
-            status = child.borrow_mut().try_wait().expect("wait for the child");
-            status.is_some()
-        },
-        || {
-            let _ = child.borrow_mut().kill();
-            let _ = child.borrow_mut().wait();
-            format!("{cmd:?} did not finish within {limit:?}")
-        },
-    );
-    Output {
-        status: status.expect("finished"),
-        stdout: stdout.join().expect("stdout read"),
-        stderr: stderr.join().expect("stderr read"),
+    // The child is reaped only when `wait_with_output` returns, which past the limit it has
+    // not (but for a race of microseconds), so the pid still names it then.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{cmd:?} runs: {e}")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("{cmd:?} did not finish within {limit:?}")
+        }
     }
 }
 
