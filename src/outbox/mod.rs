@@ -111,20 +111,129 @@ pub struct Appended {
 }
 
 /// One event bound for one sink, as a sink fetches it.
+///
+/// Its id, type and body are parts of two buffers that every delivery of one fetch shares
+/// (`Fetched`), so a fetch allocates twice rather than three times for each delivery. Those
+/// allocations are the outbox thread's and are freed on the sink's: glibc frees a block into
+/// the arena it came from, under that arena's lock, so three frees a delivery had the sink and
+/// the outbox thread waiting for each other's lock and waking each other through the kernel,
+/// a few dozen times a window (BENCHMARKS.md, "How the figures got here"). A delivery kept
+/// (retried, backing off) keeps its fetch's buffers, at most a few hundred KiB.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Outbox order.
     pub seq: i64,
-    /// Event id.
-    pub id: String,
-    /// Event type.
-    pub event_type: String,
-    /// The stored bytes.
-    pub body: Arc<[u8]>,
     /// When the event entered the outbox (Unix ms on the age clock, `clock::age_now_ms`).
     pub created_ms: i64,
     /// Failed attempts so far.
     pub attempts: u32,
+    /// The ids and types of the fetch.
+    text: Arc<str>,
+    /// The stored bytes of the fetch.
+    bodies: Arc<[u8]>,
+    /// Where the id ends in `text` (it starts at `id_at`), and then the type.
+    id_at: u32,
+    type_at: u32,
+    type_end: u32,
+    /// Where the body is in `bodies`.
+    body_at: u32,
+    body_end: u32,
+}
+
+impl Delivery {
+    /// A delivery on buffers of its own (for tests and one-off deliveries).
+    pub fn new(
+        seq: i64,
+        id: &str,
+        event_type: &str,
+        body: &[u8],
+        created_ms: i64,
+        attempts: u32,
+    ) -> Self {
+        let mut fetched = Fetched::default();
+        fetched.push(seq, attempts, id, event_type, body, created_ms);
+        fetched.finish().pop().expect("one delivery")
+    }
+
+    /// The event id.
+    pub fn id(&self) -> &str {
+        &self.text[self.id_at as usize..self.type_at as usize]
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> &str {
+        &self.text[self.type_at as usize..self.type_end as usize]
+    }
+
+    /// The stored bytes.
+    pub fn body(&self) -> &[u8] {
+        &self.bodies[self.body_at as usize..self.body_end as usize]
+    }
+}
+
+/// The deliveries of one fetch while they are read: every id and type in one string, every
+/// body in one buffer, each made shared once at the end (`finish`).
+#[derive(Default)]
+pub(crate) struct Fetched {
+    rows: Vec<(i64, i64, u32, [u32; 5])>,
+    text: String,
+    bodies: Vec<u8>,
+}
+
+impl Fetched {
+    /// Adds a delivery.
+    pub(crate) fn push(
+        &mut self,
+        seq: i64,
+        attempts: u32,
+        id: &str,
+        event_type: &str,
+        body: &[u8],
+        created_ms: i64,
+    ) {
+        // A fetch holds a few hundred events (`FETCH` in `sinks`) of at most `max_bytes`;
+        // offsets past 4 GiB cannot occur.
+        let at = |len: usize| u32::try_from(len).expect("a fetch under 4 GiB");
+        let id_at = at(self.text.len());
+        self.text.push_str(id);
+        let type_at = at(self.text.len());
+        self.text.push_str(event_type);
+        let type_end = at(self.text.len());
+        let body_at = at(self.bodies.len());
+        self.bodies.extend_from_slice(body);
+        let body_end = at(self.bodies.len());
+        self.rows.push((
+            seq,
+            created_ms,
+            attempts,
+            [id_at, type_at, type_end, body_at, body_end],
+        ));
+    }
+
+    /// The deliveries, in the order added.
+    pub(crate) fn finish(self) -> Vec<Delivery> {
+        let text: Arc<str> = Arc::from(self.text);
+        let bodies: Arc<[u8]> = Arc::from(self.bodies);
+        self.rows
+            .into_iter()
+            .map(
+                |(seq, created_ms, attempts, [id_at, type_at, type_end, body_at, body_end])| {
+                    Delivery {
+                        seq,
+                        created_ms,
+                        attempts,
+                        text: Arc::clone(&text),
+                        bodies: Arc::clone(&bodies),
+                        id_at,
+                        type_at,
+                        type_end,
+                        body_at,
+                        body_end,
+                    }
+                },
+            )
+            .collect()
+    }
 }
 
 /// The persisted state of a sink.

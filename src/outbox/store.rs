@@ -10,9 +10,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Measured, Opened,
-    Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError, Totals, Transition,
-    clock, schema,
+    AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Fetched, Measured,
+    Opened, Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError, Totals,
+    Transition, clock, schema,
 };
 use crate::config::{Durability, Storage, WhenFull};
 
@@ -796,19 +796,20 @@ impl Store {
     /// The sink's next `limit` deliveries after `after`, in order (see `FETCH_DELIVERIES`).
     fn fetch(&mut self, sink: SinkId, after: i64, limit: usize) -> rusqlite::Result<Vec<Delivery>> {
         let mut stmt = self.conn.prepare_cached(FETCH_DELIVERIES)?;
-        let rows = stmt.query_map(params![sink, after], |r| {
-            Ok(Delivery {
-                seq: r.get(0)?,
-                attempts: r.get(1)?,
-                id: r.get(2)?,
-                event_type: r.get(3)?,
-                // Copied once, from SQLite's buffer into the shared body (a `Vec` first
-                // would be a second copy).
-                body: std::sync::Arc::from(r.get_ref(4)?.as_blob()?),
-                created_ms: r.get(5)?,
-            })
-        })?;
-        rows.take(limit).collect()
+        let mut rows = stmt.query(params![sink, after])?;
+        let mut fetched = Fetched::default();
+        for _ in 0..limit {
+            let Some(r) = rows.next()? else { break };
+            fetched.push(
+                r.get(0)?,
+                r.get(1)?,
+                r.get_ref(2)?.as_str()?,
+                r.get_ref(3)?.as_str()?,
+                r.get_ref(4)?.as_blob()?,
+                r.get(5)?,
+            );
+        }
+        Ok(fetched.finish())
     }
 
     fn report(&mut self, report: Report) -> rusqlite::Result<()> {

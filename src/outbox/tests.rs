@@ -74,7 +74,7 @@ fn deliveries_come_back_in_outbox_order_and_vanish_once_every_sink_has_them() {
     assert_eq!(a.len(), 10);
     assert_eq!(b.len(), 5);
     assert!(a.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert!(b.iter().all(|d| d.event_type == "sensor.t"));
+    assert!(b.iter().all(|d| d.event_type() == "sensor.t"));
     let later = outbox.fetch_blocking(ids[0], a[4].seq, 100).unwrap();
     assert_eq!(later.len(), 5);
     for d in a.iter().chain(b.iter()) {
@@ -178,7 +178,7 @@ fn drop_oldest_keeps_the_newest_max_events_and_counts_the_dropped() {
     let ns: Vec<u64> = left
         .iter()
         .map(|d| {
-            serde_json::from_slice::<serde_json::Value>(&d.body).unwrap()["data"]["n"]
+            serde_json::from_slice::<serde_json::Value>(d.body()).unwrap()["data"]["n"]
                 .as_u64()
                 .unwrap()
         })
@@ -378,7 +378,7 @@ fn a_version_2_outbox_is_migrated_keeping_its_events_their_order_and_their_ids()
     assert!(outbox.append_blocking(again).unwrap().duplicate);
     outbox.append_blocking(event(3, "x")).unwrap();
     let queue = outbox.fetch_blocking(ids[0], 0, 10).unwrap();
-    let got: Vec<(&str, i64)> = queue.iter().map(|d| (d.id.as_str(), d.seq)).collect();
+    let got: Vec<(&str, i64)> = queue.iter().map(|d| (d.id(), d.seq)).collect();
     assert_eq!(got.len(), 3);
     assert_eq!(got[..2], [("given", 1), (generated.id.as_str(), 2)]);
     assert!(got[2].1 > 1000, "the sequence went back: {got:?}");
@@ -511,7 +511,7 @@ fn a_decommissioned_outbox_refuses_local_events_but_keeps_edgehooks_own() {
         .fetch_blocking(ids[0], 0, 10)
         .unwrap()
         .into_iter()
-        .map(|d| d.event_type)
+        .map(|d| d.event_type().to_owned())
         .collect();
     assert_eq!(types, ["app.before", "device-decommissioned"]);
     let back = transition(Fact::Lifecycle, "provisioned", false, "device-provisioned");
@@ -630,7 +630,7 @@ fn build_mixed(outbox: &Outbox, ids: &[SinkId]) -> std::collections::HashMap<Str
         .fetch_blocking(ids[0], 0, 100)
         .unwrap()
         .into_iter()
-        .map(|d| (d.id, d.seq))
+        .map(|d| (d.id().to_owned(), d.seq))
         .collect();
     for id in ["in-flight-dead", "stays-dead"] {
         outbox.report_blocking(Report::Dead {
@@ -886,4 +886,59 @@ fn a_batch_of_deliveries_crossing_a_thousand_attempts_trims_the_activity_as_one_
     }
     assert_eq!(results[0], (1001, 11010, 10010));
     assert_eq!(results[0], results[1]);
+}
+
+#[test]
+fn the_deliveries_of_one_fetch_share_two_buffers_and_each_reads_back_its_own_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    // Types and bodies of different lengths, one type not ASCII, so that a part taken from
+    // the wrong place shows.
+    let types = ["t", "sensor.temperature", "app.ünïcode", "x.y"];
+    let mut stored = Vec::new();
+    for (n, t) in types.iter().cycle().take(40).enumerate() {
+        let mut e = event(n, t);
+        e.body.extend(std::iter::repeat_n(b' ', n * 7));
+        stored.push((e.id.clone(), e.event_type.clone(), e.body.clone()));
+        outbox.append_blocking(e).unwrap();
+    }
+    let fetched = outbox.fetch_blocking(ids[0], 0, 100).unwrap();
+    let read: Vec<_> = fetched
+        .iter()
+        .map(|d| {
+            (
+                d.id().to_owned(),
+                d.event_type().to_owned(),
+                d.body().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(read, stored);
+    assert!(
+        fetched
+            .iter()
+            .all(|d| Arc::ptr_eq(&d.text, &fetched[0].text)
+                && Arc::ptr_eq(&d.bodies, &fetched[0].bodies))
+    );
+    // A delivery kept alone (retried) still reads its own event.
+    let kept = fetched[37].clone();
+    drop(fetched);
+    assert_eq!(kept.id(), stored[37].0);
+    assert_eq!(kept.event_type(), stored[37].1);
+    assert_eq!(kept.body(), &stored[37].2[..]);
+    let own = Delivery::new(7, "id-7", "ünïcode.t", b"", 1, 2);
+    assert_eq!(
+        (
+            own.seq,
+            own.id(),
+            own.event_type(),
+            own.body(),
+            own.created_ms,
+            own.attempts
+        ),
+        (7, "id-7", "ünïcode.t", &b""[..], 1, 2)
+    );
+    assert!(outbox.fetch_blocking(ids[0], 0, 0).unwrap().is_empty());
+    close(outbox, thread);
 }

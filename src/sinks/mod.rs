@@ -508,7 +508,13 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
         }
         let mut conn = pool.take();
         let a = http
-            .attempt(&mut conn, &d.id, &d.event_type, &d.body, SystemTime::now())
+            .attempt(
+                &mut conn,
+                d.id(),
+                d.event_type(),
+                d.body(),
+                SystemTime::now(),
+            )
             .await;
         pool.put(conn);
         attempts += 1;
@@ -520,8 +526,8 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
         };
         let wait = match a.outcome {
             Outcome::Delivered => {
-                log::debug!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, latency_ms = latency_ms;
-                    "Delivered event {} to sink {}", d.id, spec.name);
+                log::debug!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status, latency_ms = latency_ms;
+                    "Delivered event {} to sink {}", d.id(), spec.name);
                 s.outbox
                     .report(Report::Delivered {
                         sink: s.id,
@@ -533,7 +539,7 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
                 return;
             }
             Outcome::Gone => {
-                log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
+                log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
                     "Sink {} answered 410 Gone: pausing it until the config is reloaded or `edgehook resume {}`", spec.name, spec.name);
                 s.gone.store(true, Ordering::SeqCst);
                 s.outbox
@@ -558,14 +564,14 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
                     &mut rng,
                 ) {
                     Refusal::Dead(dead) => {
-                        log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
-                            "Sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
+                        log::error!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status;
+                            "Sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id());
                         s.outbox.report(dead).await;
                         return;
                     }
                     Refusal::Retry(failed, wait) => {
-                        log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
-                            "Sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
+                        log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
+                            "Sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id(), spec.max_attempts);
                         s.outbox.report(failed).await;
                         wait
                     }
@@ -577,8 +583,8 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
                     Some(r) => jitter.max(r.min(spec.retry_max)),
                     None => jitter,
                 };
-                log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
-                    "Sink {} failed on event {} ({error}); retrying in {} ms", spec.name, d.id, wait.as_millis());
+                log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
+                    "Sink {} failed on event {} ({error}); retrying in {} ms", spec.name, d.id(), wait.as_millis());
                 s.outbox
                     .report(Report::Failed {
                         sink: s.id,
@@ -601,14 +607,7 @@ mod tests {
     use super::*;
 
     fn delivery(seq: i64) -> Delivery {
-        Delivery {
-            seq,
-            id: seq.to_string(),
-            event_type: "test".into(),
-            body: Arc::from(&b"{}"[..]),
-            created_ms: 0,
-            attempts: 0,
-        }
+        Delivery::new(seq, &seq.to_string(), "test", b"{}", 0, 0)
     }
 
     /// The most a read-ahead holds: what was left when the feeder asked, and the answer.

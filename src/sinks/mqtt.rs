@@ -780,8 +780,8 @@ impl<'a> Session<'a> {
                 s.outbox.report(dead).await;
                 continue;
             }
-            let topic = self.sink.fill(&m.topic, &d.event_type);
-            let signature = self.sink.signature(&d.id, unix_now(), &d.body);
+            let topic = self.sink.fill(&m.topic, d.event_type());
+            let signature = self.sink.signature(d.id(), unix_now(), d.body());
             let user = self.sink.user_properties(&signature);
             let pkid = self.pkid();
             let encoded = conn.encode(&wire::Publish {
@@ -791,7 +791,7 @@ impl<'a> Session<'a> {
                 pkid,
                 content_type: Some(CONTENT_TYPE),
                 user: &user,
-                payload: &d.body,
+                payload: d.body(),
             });
             match encoded {
                 Ok(()) => self.in_flight.push_back(InFlight {
@@ -854,8 +854,8 @@ impl<'a> Session<'a> {
             let d = f.delivery;
             if reason < 0x80 {
                 self.failures_in_row = 0;
-                log::debug!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = self.s.spec.name.as_str(), latency_ms = latency_ms;
-                    "Delivered event {} to sink {}", d.id, self.s.spec.name);
+                log::debug!(event_id = d.id(), event_type = d.event_type(), sink = self.s.spec.name.as_str(), latency_ms = latency_ms;
+                    "Delivered event {} to sink {}", d.id(), self.s.spec.name);
                 let measured = Measured {
                     code: Some(reason.into()),
                     latency_ms,
@@ -914,17 +914,19 @@ impl<'a> Session<'a> {
         );
         let (failed, wait) = match refusal {
             Refusal::Dead(dead) => {
-                log::error!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts;
-                    "The broker of sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id);
+                log::error!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts;
+                    "The broker of sink {} refused event {} {attempts} times ({error}); it is now a dead letter", spec.name, d.id());
                 s.outbox.report(dead).await;
                 return;
             }
             Refusal::Retry(failed, wait) => (failed, wait),
         };
-        log::warn!(event_id = d.id.as_str(), event_type = d.event_type.as_str(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = wait.as_millis() as u64;
-            "The broker of sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id, spec.max_attempts);
+        log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = wait.as_millis() as u64;
+            "The broker of sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id(), spec.max_attempts);
         s.outbox.report(failed).await;
-        self.queued.push_front(Delivery { attempts, ..d });
+        let mut d = d;
+        d.attempts = attempts;
+        self.queued.push_front(d);
         self.hold_until = Some(tokio::time::Instant::now() + wait);
     }
 }
