@@ -131,6 +131,10 @@ pub struct Rest {
     pub idle_cpu: Duration,
     /// How `idle_cpu` was measured.
     pub idle_cpu_by: String,
+    /// From 1 s after the drain until the daemon had given its drain's memory back (when
+    /// `idle_cpu`'s window starts): how long, and the CPU time it took.
+    pub to_rest: Duration,
+    pub to_rest_cpu: Duration,
     /// From `emit` of one event to its arrival at the receiver: the first after the time at
     /// rest (the daemon maps the code it runs again), and the next one.
     pub first_after_rest: Duration,
@@ -143,23 +147,31 @@ pub fn memory_and_idle(backlog: &Setup, receiver: &Receiver, idle: Duration) -> 
     wait_drained(&setup.db(), limit(backlog_len(backlog)));
     let pid = daemon.pid();
     let peak_kib = status_kib(pid, "VmHWM");
-    // Let the last reports and the checkpoint settle before the idle window starts.
+    // Let the last reports and the checkpoint settle.
     std::thread::sleep(Duration::from_secs(1));
-    let (idle_cpu, idle_cpu_by) = match CpuMeter::attach(pid) {
-        Ok(meter) => {
-            std::thread::sleep(idle);
-            (
-                meter.used(),
-                "its cgroup's cpu.stat, to the microsecond".to_string(),
-            )
-        }
-        Err(why) => {
-            let before = cpu_time(pid);
-            std::thread::sleep(idle);
-            let by = format!("clock ticks of /proc/PID/stat ({why})");
-            (cpu_time(pid) - before, by)
-        }
+    let meter = CpuMeter::attach(pid);
+    let used = || match &meter {
+        Ok(meter) => meter.used(),
+        Err(_) => cpu_time(pid),
     };
+    let settled = used();
+    // The idle window starts once the daemon has given its drain's memory back (after 5 s
+    // quiet, at its next 10 s timer): that is the end of the drain, done once, and its cost
+    // (cold caches after the quiet, on a shared machine anything from 5 to 35 ms of CPU) would
+    // hide what the window is for, the daemon's own wake-ups at rest. A daemon that does not
+    // give it back is waited for 30 s and fails the memory figure.
+    let drained_rss = status_kib(pid, "VmRSS");
+    let to_rest = wait_for(Duration::from_secs(30), || {
+        status_kib(pid, "VmRSS") * 3 < drained_rss * 2
+    });
+    let rested = used();
+    std::thread::sleep(idle);
+    let idle_cpu = used() - rested;
+    let idle_cpu_by = match &meter {
+        Ok(_) => "its cgroup's cpu.stat, to the microsecond".to_string(),
+        Err(why) => format!("clock ticks of /proc/PID/stat ({why})"),
+    };
+    drop(meter);
     let (idle_rss_kib, idle_anon_kib, idle_file_kib) = (
         status_kib(pid, "VmRSS"),
         status_kib(pid, "RssAnon"),
@@ -172,9 +184,20 @@ pub fn memory_and_idle(backlog: &Setup, receiver: &Receiver, idle: Duration) -> 
         idle_file_kib,
         idle_cpu,
         idle_cpu_by,
+        to_rest,
+        to_rest_cpu: rested - settled,
         first_after_rest: emit_to_arrival(&setup, receiver),
         next: emit_to_arrival(&setup, receiver),
     }
+}
+
+/// Polls `done` every 20 ms until it holds or `limit` passes; how long that took.
+fn wait_for(limit: Duration, done: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
 }
 
 /// From `emit` of one event on the socket to its arrival at the receiver (which notes the time

@@ -536,8 +536,10 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                 name: "idle CPU",
                 group,
                 how: format!(
-                    "user + system CPU time over {} s with nothing to do, from 1 s after a drain (its settling included), by {}",
+                    "user + system CPU time over {} s with nothing to do, from when the daemon had given its drain's memory back ({:.1} s after the drain's end, taking {:.1} ms of CPU), by {}",
                     scale.idle.as_secs(),
+                    rest.to_rest.as_secs_f64() + 1.0,
+                    rest.to_rest_cpu.as_secs_f64() * 1000.0,
                     rest.idle_cpu_by,
                 ),
                 unit: "ms",

@@ -441,6 +441,7 @@ async fn serve(
     let server = tokio::spawn(ingest::serve(listener, ingest, stop_rx));
     let outbox = pipeline.outbox.clone();
     outbox.expire(now_ms()).await;
+    let mut seen_commits = outbox.commits();
     let totals = outbox.totals().await.unwrap_or_default();
     systemd::ready(&status_line(&totals));
     let mut last_status = totals;
@@ -466,8 +467,15 @@ async fn serve(
             Some(request) = control_rx.recv() => {
                 dispatch(&pipeline, &pipeline.device, request).await;
             }
-            _ = expiry.tick() => outbox.expire(now_ms()).await,
+            // At rest the timers ask the outbox thread nothing (`Published`): it sleeps.
+            _ = expiry.tick(), if outbox.may_expire() => outbox.expire(now_ms()).await,
             _ = status_tick.tick() => {
+                // Read before asking: a commit after it is seen at the next tick.
+                let commits = outbox.commits();
+                if commits == seen_commits && outbox.at_rest() {
+                    continue;
+                }
+                seen_commits = commits;
                 if let Some(t) = outbox.totals().await {
                     if t != last_status {
                         systemd::status(&status_line(&t));

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Fetched, Measured,
-    Opened, Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError, Totals,
-    Transition, clock, schema,
+    Opened, Published, Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError,
+    Totals, Transition, clock, schema,
 };
 use crate::config::{Durability, Storage, WhenFull};
 
@@ -256,7 +256,8 @@ impl Store {
     }
 
     /// The thread's loop: take what is waiting, run it in one transaction, answer, repeat.
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>, published: &Published) {
+        published.set_expirable(!self.nothing_to_expire());
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
@@ -281,24 +282,31 @@ impl Store {
             let busy = batch
                 .iter()
                 .any(|c| !matches!(c, Command::Totals(_) | Command::Expire(..)));
-            self.run_batch(&mut batch);
+            if self.run_batch(&mut batch) {
+                published.committed();
+            }
+            published.set_expirable(!self.nothing_to_expire());
             if only_reports {
                 self.last_reports = Some(Instant::now());
             }
             if busy {
                 self.last_busy = Some(Instant::now());
+                published.set_rested(false);
             } else if self
                 .last_busy
                 .is_some_and(|at| at.elapsed() >= QUIET_BEFORE_GIVING_BACK)
             {
                 self.last_busy = None;
                 give_back(&self.conn);
+                published.set_rested(true);
             }
         }
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     }
 
-    fn run_batch(&mut self, batch: &mut Vec<Command>) {
+    /// Runs `batch` in one transaction (none when it writes nothing) and answers it; returns
+    /// whether it ran a transaction.
+    fn run_batch(&mut self, batch: &mut Vec<Command>) -> bool {
         enum Answer {
             Append(
                 oneshot::Sender<Result<Appended, AppendError>>,
@@ -548,6 +556,7 @@ impl Store {
                 route.wake.raise();
             }
         }
+        transaction
     }
 
     /// Whether `batch` writes nothing, so that it runs without a transaction: only the

@@ -942,3 +942,32 @@ fn the_deliveries_of_one_fetch_share_two_buffers_and_each_reads_back_its_own_eve
     assert!(outbox.fetch_blocking(ids[0], 0, 0).unwrap().is_empty());
     close(outbox, thread);
 }
+
+#[test]
+fn the_outbox_publishes_its_commits_and_whether_anything_can_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let rt = rt();
+    rt.block_on(outbox.totals()).unwrap();
+    let (commits, rested) = (outbox.commits(), outbox.at_rest());
+    assert!(!outbox.may_expire());
+    assert!(!rested, "busy a moment ago, with its routes set");
+    // A timer's question writes nothing.
+    rt.block_on(outbox.totals()).unwrap();
+    assert_eq!(outbox.commits(), commits);
+    outbox.append_blocking(event(1, "x")).unwrap();
+    assert!(outbox.commits() > commits);
+    assert!(outbox.may_expire());
+    let d = outbox.fetch_blocking(ids[0], 0, 10).unwrap();
+    outbox.report_blocking(Report::Delivered {
+        sink: ids[0],
+        seq: d[0].seq,
+        at_ms: now_ms(),
+        measured: Measured::default(),
+    });
+    // Answered after the report's commit.
+    outbox.fetch_blocking(ids[0], 0, 1).unwrap();
+    assert!(!outbox.may_expire());
+    close(outbox, thread);
+}
