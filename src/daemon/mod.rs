@@ -442,6 +442,7 @@ async fn serve(
     let outbox = pipeline.outbox.clone();
     outbox.expire(now_ms()).await;
     let mut seen_commits = outbox.commits();
+    let mut resting = false;
     let totals = outbox.totals().await.unwrap_or_default();
     systemd::ready(&status_line(&totals));
     let mut last_status = totals;
@@ -467,12 +468,18 @@ async fn serve(
             Some(request) = control_rx.recv() => {
                 dispatch(&pipeline, &pipeline.device, request).await;
             }
-            // At rest the timers ask the outbox thread nothing (`Published`): it sleeps.
+            // At rest no timer asks the outbox thread anything (`Published`): it sleeps, and
+            // so does this one until the outbox is busy again.
             _ = expiry.tick(), if outbox.may_expire() => outbox.expire(now_ms()).await,
-            _ = status_tick.tick() => {
+            _ = outbox.busy_again(), if resting => {
+                resting = false;
+                status_tick.reset();
+            }
+            _ = status_tick.tick(), if !resting => {
                 // Read before asking: a commit after it is seen at the next tick.
                 let commits = outbox.commits();
                 if commits == seen_commits && outbox.at_rest() {
+                    resting = true;
                     continue;
                 }
                 seen_commits = commits;

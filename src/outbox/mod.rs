@@ -502,7 +502,7 @@ pub struct Outbox {
 /// What the outbox thread publishes after each batch, for the daemon's timers to read without
 /// waking it: at rest (nothing committed since they last asked, the memory of the last busy
 /// spell given back, nothing that can expire) a timer then has nothing to ask, and the outbox
-/// thread sleeps. On a board every wake-up of a thread that has slept costs many times its
+/// thread sleeps; the status timer stops until `busy_again`. On a board every wake-up of a thread that has slept costs many times its
 /// work (its caches and TLB are cold), so each one left out shows in the CPU time at rest.
 #[derive(Debug, Default)]
 pub(crate) struct Published {
@@ -512,6 +512,8 @@ pub(crate) struct Published {
     expirable: AtomicBool,
     /// The memory of the last busy spell is given back, and only timers came since.
     rested: AtomicBool,
+    /// Notified when the outbox stops being at rest (`rested` goes false).
+    busy_again: tokio::sync::Notify,
 }
 
 impl Published {
@@ -524,7 +526,11 @@ impl Published {
     }
 
     pub(crate) fn set_rested(&self, rested: bool) {
-        self.rested.store(rested, Ordering::Release);
+        let was = self.rested.swap(rested, Ordering::AcqRel);
+        if was && !rested {
+            // Kept for a waiter to come if none waits (`Notify` keeps one).
+            self.busy_again.notify_one();
+        }
     }
 }
 
@@ -560,6 +566,12 @@ impl Outbox {
     /// only the daemon's timers came since.
     pub fn at_rest(&self) -> bool {
         self.published.rested.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the outbox is no longer at rest (at once if it stopped being at rest
+    /// since the last call).
+    pub async fn busy_again(&self) {
+        self.published.busy_again.notified().await;
     }
 
     /// Stores an event; resolves once it is committed (or refused).

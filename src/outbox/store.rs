@@ -282,10 +282,7 @@ impl Store {
             let busy = batch
                 .iter()
                 .any(|c| !matches!(c, Command::Totals(_) | Command::Expire(..)));
-            if self.run_batch(&mut batch) {
-                published.committed();
-            }
-            published.set_expirable(!self.nothing_to_expire());
+            self.run_batch(&mut batch, published);
             if only_reports {
                 self.last_reports = Some(Instant::now());
             }
@@ -304,9 +301,10 @@ impl Store {
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     }
 
-    /// Runs `batch` in one transaction (none when it writes nothing) and answers it; returns
-    /// whether it ran a transaction.
-    fn run_batch(&mut self, batch: &mut Vec<Command>) -> bool {
+    /// Runs `batch` in one transaction (none when it writes nothing), publishes what the
+    /// daemon's timers read (`Published`), then answers it, so that whoever had an answer
+    /// reads the new state.
+    fn run_batch(&mut self, batch: &mut Vec<Command>, published: &Published) {
         enum Answer {
             Append(
                 oneshot::Sender<Result<Appended, AppendError>>,
@@ -499,6 +497,10 @@ impl Store {
             }
         }
         self.note_space(no_space, stored_any && failure.is_none());
+        if transaction {
+            published.committed();
+        }
+        published.set_expirable(!self.nothing_to_expire());
         let totals = self.totals();
         for a in answers {
             match a {
@@ -556,7 +558,6 @@ impl Store {
                 route.wake.raise();
             }
         }
-        transaction
     }
 
     /// Whether `batch` writes nothing, so that it runs without a transaction: only the
