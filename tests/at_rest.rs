@@ -47,14 +47,18 @@ fn a_daemon_at_rest_still_reports_new_totals_to_systemd() {
         "STATUS=0 pending, 0 dead letters, 0 dropped",
         COMMAND_LIMIT,
     );
-    // At rest: the memory of start-up given back (after 5 s quiet, at a 10 s status tick).
+    // At rest: the memory of start-up given back (after 5 s quiet, at a 10 s status tick),
+    // and at the tick after, the status timer stopped.
     wait_until_or(
         Duration::from_secs(60),
-        || daemon.log().contains("At rest: gave back"),
+        || {
+            let log = daemon.log();
+            log.contains("At rest: gave back") && log.contains("At rest: the status timer waits")
+        },
         || format!("the daemon never came to rest; its log:\n{}", daemon.log()),
     );
-    // An event for a sink that cannot deliver it: the next status tick finds the commit and
-    // reports it.
+    // An event for a sink that cannot deliver it: the outbox, busy again, restarts the status
+    // timer, whose next tick finds the commit and reports it.
     emit_one(&setup.socket(), "sensor.reading", json!({ "t": 21.5 }));
     notifications_until(
         &socket,

@@ -479,6 +479,7 @@ async fn serve(
                 // Read before asking: a commit after it is seen at the next tick.
                 let commits = outbox.commits();
                 if commits == seen_commits && outbox.at_rest() {
+                    log::debug!("At rest: the status timer waits until the outbox is busy again");
                     resting = true;
                     continue;
                 }

@@ -142,8 +142,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A delivery on buffers of its own (for tests and one-off deliveries).
-    pub fn new(
+    /// A delivery on buffers of its own.
+    #[cfg(test)]
+    pub(crate) fn new(
         seq: i64,
         id: &str,
         event_type: &str,
@@ -502,8 +503,9 @@ pub struct Outbox {
 /// What the outbox thread publishes after each batch, for the daemon's timers to read without
 /// waking it: at rest (nothing committed since they last asked, the memory of the last busy
 /// spell given back, nothing that can expire) a timer then has nothing to ask, and the outbox
-/// thread sleeps; the status timer stops until `busy_again`. On a board every wake-up of a thread that has slept costs many times its
-/// work (its caches and TLB are cold), so each one left out shows in the CPU time at rest.
+/// thread sleeps; the status timer stops until `busy_again`. On a board every wake-up of a
+/// thread that has slept costs many times its work (its caches and TLB are cold), so each one
+/// left out shows in the CPU time at rest.
 #[derive(Debug, Default)]
 pub(crate) struct Published {
     /// Transactions committed (or rolled back: what they were to change was tried).
