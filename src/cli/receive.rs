@@ -10,15 +10,19 @@ use crate::sinks::signing::Scheme;
 /// Arguments of `receive`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  edgehook receive --listen 127.0.0.1:8080 --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw | jq ."
+    after_help = "Example:\n  edgehook receive --listen 127.0.0.1:8080 --secret-file cloud.secret | jq ."
 )]
 pub struct Args {
     /// Address to listen on (port 0 picks a free port; the address is printed on stderr)
     #[arg(long, value_name = "ADDR")]
     pub listen: String,
-    /// The sink's secret; without it nothing is verified
+    /// The sink's secret; without it nothing is verified. Other users can read it in the
+    /// process list (/proc/PID/cmdline): prefer --secret-file or the environment
     #[arg(long, env = "EDGEHOOK_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// A file holding the sink's secret (surrounding white space ignored)
+    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// The signing scheme [default: standard with a secret, none without]
     #[arg(long, value_parser = ["standard", "mender", "none"])]
     pub scheme: Option<String>,
@@ -46,7 +50,10 @@ pub(super) fn verifier(
     if scheme != Scheme::None && secret.is_none() {
         return Err(Failure::new(
             Code::Usage,
-            format!("the `{}` scheme needs --secret", scheme.name()),
+            format!(
+                "the `{}` scheme needs --secret-file or --secret",
+                scheme.name()
+            ),
         ));
     }
     Ok(Verifier {
@@ -57,7 +64,8 @@ pub(super) fn verifier(
 }
 
 pub(super) fn run(a: Args) -> Result<Code, Failure> {
-    let v = verifier(a.secret, a.scheme.as_deref(), a.tolerance)?;
+    let secret = super::secret::given_secret(a.secret, a.secret_file.as_deref())?;
+    let v = verifier(secret, a.scheme.as_deref(), a.tolerance)?;
     let scheme = v.scheme;
     let receiver = Receiver::bind(&a.listen, v).map_err(|e| Failure::new(Code::Software, e))?;
     eprintln!(

@@ -9,12 +9,16 @@ use crate::sinks::signing::{Scheme, verify};
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  edgehook verify --secret \"$SECRET\" --header 'webhook-id: msg_1' --header 'webhook-timestamp: 1614265330' --header 'webhook-signature: v1,g0hM…' body.json\n  edgehook verify --scheme mender --secret \"$HEX\" --header \"X-Men-Signature: $SIG\" - < body.json"
+    after_help = "Examples:\n  edgehook verify --secret-file cloud.secret --header 'webhook-id: msg_1' --header 'webhook-timestamp: 1614265330' --header 'webhook-signature: v1,g0hM…' body.json\n  edgehook verify --scheme mender --secret \"$HEX\" --header \"X-Men-Signature: $SIG\" - < body.json"
 )]
 pub struct Args {
-    /// The secret: whsec_… for standard, hex for mender
-    #[arg(long)]
-    pub secret: String,
+    /// The secret: whsec_… for standard, hex for mender. Other users can read it in the
+    /// process list (/proc/PID/cmdline): prefer --secret-file
+    #[arg(long, required_unless_present = "secret_file")]
+    pub secret: Option<String>,
+    /// A file holding the secret (surrounding white space ignored)
+    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    pub secret_file: Option<std::path::PathBuf>,
     /// The signing scheme
     #[arg(long, default_value = "standard", value_parser = ["standard", "mender"])]
     pub scheme: String,
@@ -53,7 +57,9 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    match verify(scheme, &a.secret, &headers, &body, now, a.tolerance) {
+    let secret = super::secret::given_secret(a.secret, a.secret_file.as_deref())?
+        .ok_or_else(|| Failure::new(Code::Usage, "give --secret-file or --secret"))?;
+    match verify(scheme, &secret, &headers, &body, now, a.tolerance) {
         Ok(()) => {
             println!("valid");
             Ok(Code::Ok)

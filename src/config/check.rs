@@ -43,11 +43,21 @@ impl Checker<'_> {
 
     /// The trimmed text of the file `path` names, or a problem saying why it cannot be read.
     pub(super) fn read_file(&mut self, path: &Spanned<PathBuf>, what: &str) -> Option<String> {
+        self.read_whole_file(path, what)
+            .map(|text| text.trim().to_string())
+    }
+
+    /// The text of the file `path` names, as [`Self::read_file`] but untrimmed.
+    pub(super) fn read_whole_file(
+        &mut self,
+        path: &Spanned<PathBuf>,
+        what: &str,
+    ) -> Option<String> {
         let full = self.resolve(path.get_ref());
         match std::fs::read_to_string(&full) {
             Ok(text) => {
                 self.warn_if_exposed(&full, what);
-                Some(text.trim().to_string())
+                Some(text)
             }
             Err(e) => {
                 self.at(path, format!("cannot read {what} {}: {e}", full.display()));
@@ -103,6 +113,7 @@ pub(super) fn check<'a>(
     let files = std::iter::once((locate, raw.sinks.as_slice()))
         .chain(dropins.iter().map(|(l, f)| (*l, f.sinks.as_slice())));
     let sinks = check_sinks(&mut c, files);
+    warn_exposed_configs(&mut c, locate, &raw, dropins);
     c.locate = locate;
     c.problems.extend(parse_problems);
     if !c.problems.is_empty() {
@@ -147,6 +158,23 @@ pub(super) fn check<'a>(
         sinks,
         warnings: c.warnings,
     })
+}
+
+/// Warns about each config file holding inline secrets that others can read.
+fn warn_exposed_configs(
+    c: &mut Checker<'_>,
+    locate: &Locator<'_>,
+    raw: &ConfigFile,
+    dropins: &[(&Locator<'_>, DropInFile)],
+) {
+    let files = std::iter::once((locate.file, raw.sinks.as_slice()))
+        .chain(dropins.iter().map(|(l, f)| (l.file, f.sinks.as_slice())));
+    for (file, sinks) in files {
+        let sinks = sinks.iter().map(Spanned::get_ref);
+        if let Some(warning) = super::exposed::exposed_config_warning(file, sinks) {
+            c.warnings.push(warning);
+        }
+    }
 }
 
 fn check_sections(c: &mut Checker<'_>, raw: &ConfigFile) {

@@ -252,6 +252,7 @@ pub(super) struct SinkFile {
     #[serde(default = "yes")]
     pub enabled: bool,
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub headers_file: Option<Spanned<PathBuf>>,
     #[serde(default = "default_timeout")]
     pub timeout: Span,
     pub max_in_flight: Option<Spanned<u32>>,

@@ -1,4 +1,5 @@
-//! The HTTP keys of a sink: extra headers, the body `format`, and the Slack message's fields
+//! The HTTP keys of a sink: extra headers (`headers`, and `headers_file` for those that are
+//! secrets), the body `format`, and the Slack message's fields
 //! (`channel`, `username`, `icon_emoji`, `icon_url`) that only `format = "slack"` takes.
 
 use super::check::Checker;
@@ -22,7 +23,7 @@ pub(super) fn check_http(c: &mut Checker<'_>, s: &SinkFile, name: &str) -> SinkK
         ],
         "MQTT sinks",
     );
-    let headers: Vec<(String, String)> = s
+    let mut headers: Vec<(String, String)> = s
         .headers
         .as_ref()
         .map(|h| {
@@ -41,6 +42,19 @@ pub(super) fn check_http(c: &mut Checker<'_>, s: &SinkFile, name: &str) -> SinkK
                 h,
                 format!("sink `{name}`: header `{k}` is not a valid HTTP header"),
             );
+        }
+    }
+    if let Some(file) = &s.headers_file {
+        for (k, v) in headers_from_file(c, file, name) {
+            if headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(&k)) {
+                c.at(
+                    file,
+                    format!(
+                        "sink `{name}`: header `{k}` is set in `headers` and in `headers_file`"
+                    ),
+                );
+            }
+            headers.push((k, v));
         }
     }
     let format = match s.format.as_ref().map(|f| *f.get_ref()) {
@@ -67,6 +81,43 @@ pub(super) fn check_http(c: &mut Checker<'_>, s: &SinkFile, name: &str) -> SinkK
         );
     }
     SinkKind::Http { headers, format }
+}
+
+/// The headers of `headers_file`: one `Name: value` a line, blank lines and lines starting
+/// with `#` left out. Read like a secret file (a warning when others can read it); a problem
+/// names the line, never its value.
+fn headers_from_file(
+    c: &mut Checker<'_>,
+    file: &toml::Spanned<std::path::PathBuf>,
+    name: &str,
+) -> Vec<(String, String)> {
+    let Some(text) = c.read_whole_file(file, "headers file") else {
+        return Vec::new();
+    };
+    let mut headers = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parsed = line.split_once(':').and_then(|(k, v)| {
+            let (k, v) = (k.trim(), v.trim());
+            let valid = http::HeaderName::from_bytes(k.as_bytes()).is_ok()
+                && http::HeaderValue::from_str(v).is_ok();
+            valid.then(|| (k.to_string(), v.to_string()))
+        });
+        match parsed {
+            Some(header) => headers.push(header),
+            None => c.at(
+                file,
+                format!(
+                    "sink `{name}`: line {} of the headers file is not a valid `Name: value` HTTP header",
+                    n + 1
+                ),
+            ),
+        }
+    }
+    headers
 }
 
 fn check_slack(c: &mut Checker<'_>, s: &SinkFile, name: &str) -> Slack {
@@ -115,6 +166,7 @@ pub(super) fn refuse_http_keys(c: &mut Checker<'_>, s: &SinkFile, name: &str) {
         name,
         &[
             ("headers", span(&s.headers)),
+            ("headers_file", span(&s.headers_file)),
             ("format", span(&s.format)),
             ("channel", span(&s.channel)),
             ("icon_emoji", span(&s.icon_emoji)),

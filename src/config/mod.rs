@@ -2,10 +2,12 @@
 //! `file` holds the types serde reads; `check` (with `sink`, `http`, `mqtt` and `signing` for
 //! the sinks) turns them into the [`Config`] the daemon runs with, reporting every problem as
 //! `file:line:col: message`. `generated` keeps the secrets generated for signing sinks given
-//! none; `atomic` writes files whole or not at all.
+//! none; `atomic` writes files whole or not at all; `exposed` says which keys hold secrets
+//! and warns about a file holding some that others can read.
 
 pub mod atomic;
 mod check;
+mod exposed;
 mod file;
 pub mod generated;
 mod http;
@@ -19,10 +21,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use exposed::{DAEMON_GROUP, dropin_holds_secret, sensitive_header};
 pub use file::{Durability, LogLevel, WhenFull};
 pub use mqtt::{MqttSpec, check_template, fill};
 pub use signing::SecretSource;
-pub use sink::{SinkKind, SinkSpec, display_url, valid_name};
+pub use sink::{SinkKind, SinkSpec, display_url, url_holds_secret, valid_name};
 
 /// The default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/edgehook/edgehook.toml";

@@ -85,7 +85,7 @@ impl SinkSpec {
             && (self.events.is_empty() || self.events.iter().any(|p| p.matches(event_type)))
     }
 
-    /// The URL as it may be logged: no credentials, no query string.
+    /// The URL as it may be shown or logged (see [`display_url`]).
     pub fn display_url(&self) -> String {
         display_url(&self.url)
     }
@@ -116,20 +116,51 @@ impl SinkSpec {
     }
 }
 
-/// `url` without user information or query string.
+/// `url` as it may be shown or logged: scheme, host, port and the first path segment; user
+/// information, the rest of the path and the query string are each replaced by `…`. A
+/// webhook URL often carries its token in the path (Slack's
+/// `https://hooks.slack.com/services/T…/B…/x…`, Zapier's `…/hooks/catch/1/abc/`): the first
+/// segment keeps it recognisable, the token stays hidden. A first segment that does not read
+/// as a word (over 24 characters, other characters than letters, digits, `-`, `_` and `.`, or
+/// more than 4 digits) is hidden too.
 pub fn display_url(url: &str) -> String {
-    match url.parse::<http::Uri>() {
-        Ok(u) => {
-            let host = u.authority().map_or(String::new(), |a| {
-                let hp = a.as_str();
-                hp.rsplit_once('@').map_or(hp, |(_, h)| h).to_string()
-            });
-            format!("{}://{}{}", u.scheme_str().unwrap_or(""), host, u.path())
-                .trim_end_matches('/')
-                .to_string()
-        }
-        Err(_) => "<invalid url>".into(),
+    let Ok(u) = url.parse::<http::Uri>() else {
+        return "<invalid url>".into();
+    };
+    let hidden = "…";
+    let host = u
+        .authority()
+        .map_or(String::new(), |a| match a.as_str().rsplit_once('@') {
+            Some((_, h)) => format!("{hidden}@{h}"),
+            None => a.as_str().to_string(),
+        });
+    let path = u.path().trim_start_matches('/');
+    let (first, rest) = path.split_once('/').unwrap_or((path, ""));
+    let word = first.len() <= 24
+        && first
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && first.chars().filter(char::is_ascii_digit).count() <= 4;
+    let mut shown = format!("{}://{host}", u.scheme_str().unwrap_or(""));
+    if !first.is_empty() {
+        shown.push('/');
+        shown.push_str(if word { first } else { hidden });
     }
+    if !rest.is_empty() && word {
+        shown.push('/');
+        shown.push_str(hidden);
+    }
+    if u.query().is_some() {
+        shown.push('?');
+        shown.push_str(hidden);
+    }
+    shown
+}
+
+/// Whether `url` holds something [`display_url`] hides: credentials, a query string, or a
+/// path beyond its first segment.
+pub fn url_holds_secret(url: &str) -> bool {
+    display_url(url).contains('…')
 }
 
 /// Whether `name` may name a sink (it also names its drop-in and secret files).

@@ -114,11 +114,34 @@ fn a_sink_name_defined_twice_is_an_error() {
 }
 
 #[test]
-fn urls_are_shown_without_credentials_or_query() {
-    assert_eq!(
-        display_url("https://user:pw@hooks.example.com:8443/a/b?token=x"),
-        "https://hooks.example.com:8443/a/b"
-    );
+fn urls_are_shown_without_credentials_query_or_path_tokens() {
+    for (url, shown) in [
+        (
+            "https://user:pw@hooks.example.com:8443/a/b?token=x",
+            "https://…@hooks.example.com:8443/a/…?…",
+        ),
+        (
+            "https://hooks.slack.com/services/T0001/B0001/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "https://hooks.slack.com/services/…",
+        ),
+        (
+            "https://hooks.zapier.com/hooks/catch/123456/abcdef/",
+            "https://hooks.zapier.com/hooks/…",
+        ),
+        (
+            "https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/send",
+            "https://api.telegram.org/…",
+        ),
+        ("http://127.0.0.1:8080/hook", "http://127.0.0.1:8080/hook"),
+        ("https://ingest.example.com/", "https://ingest.example.com"),
+        (
+            "mqtts://broker.example.com:8883",
+            "mqtts://broker.example.com:8883",
+        ),
+        ("not a url", "<invalid url>"),
+    ] {
+        assert_eq!(display_url(url), shown, "{url}");
+    }
 }
 
 #[test]
@@ -343,4 +366,106 @@ fn a_signing_sink_without_a_secret_awaits_one_generated_into_the_state_directory
     assert!(again.sinks[0].signer.is_ready());
     assert_eq!(again.sinks[0].signer.reveal(), c.sinks[0].signer.reveal());
     assert!(generated::provide(&mut again).unwrap().is_empty());
+}
+
+#[test]
+fn headers_file_adds_its_headers_and_a_bad_line_is_named_without_its_value() {
+    use std::os::unix::fs::PermissionsExt;
+    let headers = "\n# the cloud's key\nX-Api-Key: k-secret-123\n\nX-Tenant:  berlin \n";
+    let sink = |file: &str| {
+        format!(
+            "[[sink]]\nname = \"cloud\"\nurl = \"https://x/h\"\nheaders = {{ \"X-Site\" = \"a\" }}\nheaders_file = \"{file}\"\n[sink.signing]\nscheme = \"none\"\n"
+        )
+    };
+    let (dir, path) = config_dir(&sink("cloud.headers"), &[]);
+    let file = dir.path().join("cloud.headers");
+    std::fs::write(&file, headers).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = Config::load(&path).unwrap();
+    let SinkKind::Http { headers, .. } = &c.sinks[0].kind else {
+        panic!("an HTTP sink")
+    };
+    let want = [
+        ("X-Site", "a"),
+        ("X-Api-Key", "k-secret-123"),
+        ("X-Tenant", "berlin"),
+    ];
+    let got: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    std::fs::write(
+        &file,
+        "X-Api-Key: k-secret-123\nx-site: b\n\nbad line k-secret-456\n",
+    )
+    .unwrap();
+    let Err(ConfigError::Invalid(p)) = Config::load(&path) else {
+        panic!("problems expected")
+    };
+    let p: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(p.len(), 2, "{p:?}");
+    let said = |what: &str| p.iter().any(|l| l.contains(what));
+    assert!(
+        said("header `x-site` is set in `headers` and in `headers_file`"),
+        "{p:?}"
+    );
+    assert!(said("line 4 of the headers file"), "{p:?}");
+    assert!(!p.iter().any(|l| l.contains("k-secret")), "{p:?}");
+}
+
+#[test]
+fn headers_file_is_refused_on_an_mqtt_sink() {
+    let p = problems(
+        "[[sink]]\nname = \"m\"\nurl = \"mqtt://127.0.0.1:1883\"\nheaders_file = \"h\"\n[sink.signing]\nscheme = \"none\"\n",
+    );
+    assert!(p.iter().any(|l| l.contains("headers_file")), "{p:?}");
+}
+
+#[test]
+fn inline_secrets_in_a_config_others_can_read_are_warned_about_by_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let main = format!(
+        "{SINK}\n[[sink]]\nname = \"chat\"\nurl = \"https://hooks.slack.com/services/T1/B2/xyz\"\nheaders = {{ \"X-Api-Key\" = \"k\", \"X-Site\" = \"a\" }}\n[sink.signing]\nscheme = \"none\"\n"
+    );
+    let (dir, path) = config_dir(&main, &[("plain.toml", &none_sink("plain"))]);
+    let dropin = dir.path().join("sinks.d/plain.toml");
+    std::fs::set_permissions(&dropin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for mode in [0o644, 0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{mode:o}: {:?}", c.warnings);
+        let w = &c.warnings[0];
+        for said in [
+            path.display().to_string(),
+            format!("mode {mode:04o}"),
+            "sink `cloud`: `secret`".into(),
+            "sink `chat`: `url`".into(),
+            "sink `chat`: header `X-Api-Key`".into(),
+        ] {
+            assert!(w.contains(&said), "{said} not in {w}");
+        }
+        assert!(!w.contains("X-Site") && !w.contains("MfKQ9r8"), "{w}");
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = Config::load(&path).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn headers_that_carry_credentials_are_known_by_name() {
+    for name in [
+        "Authorization",
+        "X-Api-Key",
+        "X-Auth-Token",
+        "Cookie",
+        "x-webhook-secret",
+    ] {
+        assert!(sensitive_header(name), "{name}");
+    }
+    for name in ["X-Site", "Content-Language", "X-Device-Group"] {
+        assert!(!sensitive_header(name), "{name}");
+    }
 }

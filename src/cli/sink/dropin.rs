@@ -11,7 +11,7 @@ use toml::{Table, Value};
 
 use crate::cli::exit::{Code, Failure};
 use crate::client::{Client, ClientError, Reply};
-use crate::config::{Config, atomic, dropin_dir};
+use crate::config::{Config, DAEMON_GROUP, atomic, dropin_dir, dropin_holds_secret};
 
 /// The first keys of a sink, in this order; the others follow alphabetically.
 const KEY_ORDER: [&str; 16] = [
@@ -156,7 +156,8 @@ impl DropIn {
     }
 
     /// Writes `text` (or removes the file for `None`) with the file's own mode and owner, or
-    /// those of the main config file for a new one.
+    /// those of the main config file for a new one; a file holding a secret (a credential
+    /// header, an inline secret or password, a URL with a token) is kept from others.
     fn write(&self, text: Option<&str>, config_path: &Path) -> Result<(), Failure> {
         let result = match text {
             None if self.path.exists() => atomic::remove(&self.path),
@@ -176,10 +177,25 @@ impl DropIn {
                 let mode = like.as_ref().map_or(0o644, |m| m.mode() & 0o666);
                 let owner = like.as_ref().map(|m| (m.uid(), m.gid()));
                 let owner = owner.filter(|_| nix::unistd::geteuid().is_root());
+                let (mode, owner) = if dropin_holds_secret(text) {
+                    secret_mode(owner)
+                } else {
+                    (mode, owner)
+                };
                 atomic::write(&self.path, text.as_bytes(), mode, owner)
             }
         };
         result.map_err(|e| io_failure(&self.path, e))
+    }
+}
+
+/// The mode and owner of a drop-in holding a secret: 0640 with the daemon's group, so the
+/// daemon may read it, when root writes it and that group exists; 0600 otherwise.
+fn secret_mode(owner: Option<(u32, u32)>) -> (u32, Option<(u32, u32)>) {
+    let group = nix::unistd::Group::from_name(DAEMON_GROUP).ok().flatten();
+    match (owner, group) {
+        (Some((uid, _)), Some(group)) => (0o640, Some((uid, group.gid.as_raw()))),
+        _ => (0o600, owner),
     }
 }
 

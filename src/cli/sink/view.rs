@@ -1,5 +1,6 @@
-//! `edgehook sink list` and `edgehook sink show`: the sinks as configured, secrets and header
-//! values never shown; `show --reveal-secret` prints the current signing secret, for root only.
+//! `edgehook sink list` and `edgehook sink show`: the sinks as configured, secrets, header
+//! values and the URL's tokens never shown (the URL as [`crate::config::display_url`] masks
+//! it); `show --reveal-secret` prints them, for root only.
 
 use std::path::Path;
 
@@ -27,7 +28,8 @@ pub struct ShowArgs {
     /// One JSON document on standard output
     #[arg(long)]
     pub json: bool,
-    /// Also print the current signing secret, to copy it to the receiver (root only)
+    /// Also print the current signing secret, the whole URL and the header values, to copy
+    /// them to the receiver (root only)
     #[arg(long)]
     pub reveal_secret: bool,
 }
@@ -83,20 +85,32 @@ pub(super) fn show(config_path: &Path, a: ShowArgs) -> Result<Code, Failure> {
     }
     let config = crate::cli::load(config_path)?;
     let spec = find(&config, &a.name)?;
-    let secret = if a.reveal_secret {
-        Some(reveal(spec)?)
-    } else {
-        None
+    let secret = if a.reveal_secret { reveal(spec)? } else { None };
+    let headers = match &spec.kind {
+        SinkKind::Http { headers, .. } if a.reveal_secret => headers.as_slice(),
+        _ => &[],
     };
     let mut doc = describe(spec);
     if a.json {
         if let Some(secret) = secret {
             doc["signing"]["revealed_secret"] = json!(secret);
         }
+        if a.reveal_secret {
+            doc["url"] = json!(spec.url);
+            for (k, v) in headers {
+                doc["headers"][k] = json!(v);
+            }
+        }
         println!("{doc}");
         return Ok(Code::Ok);
     }
-    for (label, value) in lines(&config, spec) {
+    for (label, mut value) in lines(&config, spec) {
+        if a.reveal_secret && label == "url" {
+            value.clone_from(&spec.url);
+        }
+        if a.reveal_secret && label == "headers" {
+            value = listed(headers.iter().map(|(k, v)| format!("{k}: {v}")));
+        }
         println!("{label:<13}{value}");
     }
     if let Some(secret) = secret {
@@ -105,9 +119,10 @@ pub(super) fn show(config_path: &Path, a: ShowArgs) -> Result<Code, Failure> {
     Ok(Code::Ok)
 }
 
-fn reveal(spec: &SinkSpec) -> Result<String, Failure> {
+/// The sink's current signing secret; `None` for a sink that does not sign.
+fn reveal(spec: &SinkSpec) -> Result<Option<String>, Failure> {
     if let Some(secret) = spec.signer.reveal() {
-        return Ok(secret);
+        return Ok(Some(secret));
     }
     if let SecretSource::Generated(path) = &spec.secret {
         return Err(Failure::new(
@@ -119,13 +134,7 @@ fn reveal(spec: &SinkSpec) -> Result<String, Failure> {
             ),
         ));
     }
-    Err(Failure::new(
-        Code::DataErr,
-        format!(
-            "sink {} does not sign (scheme none): it has no secret",
-            spec.name
-        ),
-    ))
+    Ok(None)
 }
 
 /// What `show --json` and `list --json` print for a sink.
