@@ -229,8 +229,41 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
     Ok(aside)
 }
 
+/// Keeps the outbox to the user the daemon runs as: a new file is created 0600, and an
+/// existing one, or its `-wal` and `-shm` (which SQLite creates with the file's mode), loses
+/// its group and other bits. Every event is in them, and the socket's group is every emitter.
+fn keep_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(StoreError::io(path, e));
+        }
+        _ => {}
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if meta.is_file() && mode & 0o077 != 0 {
+            let private = std::fs::Permissions::from_mode(mode & 0o700);
+            std::fs::set_permissions(&file, private).map_err(|e| StoreError::io(&file, e))?;
+        }
+    }
+    Ok(())
+}
+
 fn try_open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
     let err = |e| StoreError::sqlite(path, e);
+    keep_private(path)?;
     let conn = Connection::open(path).map_err(err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(err)?;
