@@ -308,6 +308,13 @@ fn a_drop_in_holding_a_credential_header_is_kept_from_other_users() {
         !list.contains("k-123") && !list.contains("T0/B0/X"),
         "{list}"
     );
+    // A mistyped header is refused without echoing its value.
+    let out = sink_cmd(
+        &setup,
+        &["update", "plain", "--header", "X-Api-Key=k-mistyped-456"],
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(!text(&out).contains("k-mistyped-456"), "{}", text(&out));
 }
 
 #[test]

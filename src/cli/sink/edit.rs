@@ -254,11 +254,15 @@ fn defined<'a>(file: &'a mut DropIn, name: &str) -> Result<&'a mut Table, Failur
 
 /// Applies `s` to the sink table `sink`.
 fn apply(sink: &mut Table, s: &Settings) -> Result<(), Failure> {
-    for h in &s.headers {
+    for (n, h) in s.headers.iter().enumerate() {
+        // Not echoed: a header's value is often a credential.
         let (k, v) = h.split_once(':').ok_or_else(|| {
             Failure::new(
                 Code::Usage,
-                format!("--header takes 'Name: value', not `{h}`"),
+                format!(
+                    "--header takes 'Name: value'; --header number {} has no `:`",
+                    n + 1
+                ),
             )
         })?;
         sub_table(sink, "headers").insert(k.trim().into(), v.trim().into());
