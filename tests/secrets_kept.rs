@@ -152,6 +152,11 @@ fn a_url_path_token_a_headers_file_value_and_proxy_credentials_appear_in_no_outp
             assert!(!out.contains(secret.as_str()), "{secret} in {what}:\n{out}");
         }
     }
+    let lines: usize = outputs.iter().map(|(_, t)| t.lines().count()).sum();
+    eprintln!(
+        "figures: 5 secret forms, {} outputs (the log among them) with {lines} lines: none found",
+        outputs.len()
+    );
     let shown = |what: &str| &outputs.iter().find(|(w, _)| w == what).unwrap().1;
     // What is shown instead: the first path segment, and the headers by name.
     let chat_shown = format!("http://localhost:{}/services/…", web.port());
@@ -308,6 +313,18 @@ fn a_drop_in_holding_a_credential_header_is_kept_from_other_users() {
         !list.contains("k-123") && !list.contains("T0/B0/X"),
         "{list}"
     );
+    // Header values kept in a file of their own leave the drop-in nothing to hide.
+    let headers = setup.dir.path().join("filed.headers");
+    std::fs::write(&headers, "X-Api-Key: k-in-a-file-789\n").unwrap();
+    std::fs::set_permissions(&headers, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut args = vec!["add", "filed", "--url", "https://ingest.example.com/filed"];
+    let headers_arg = headers.display().to_string();
+    args.extend(["--headers-file", &headers_arg]);
+    succeeded(&sink_cmd(&setup, &args));
+    assert_eq!(mode(&dir.join("filed.toml")), 0o644);
+    let shown = succeeded(&sink_cmd(&setup, &["show", "filed"]));
+    assert!(shown.contains("X-Api-Key: (hidden)"), "{shown}");
+    assert!(!shown.contains("k-in-a-file-789"), "{shown}");
     // A mistyped header is refused without echoing its value.
     let out = sink_cmd(
         &setup,

@@ -26,6 +26,9 @@ pub struct Settings {
     /// A file holding the signing secret (without one a secret is generated)
     #[arg(long, value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
+    /// A file of headers that are secrets, `Name: value` a line, kept 0600 ("" removes it)
+    #[arg(long, value_name = "PATH")]
+    pub headers_file: Option<PathBuf>,
     /// The body: envelope (the event), data (only its data) or slack (a Slack message)
     #[arg(long, value_parser = ["envelope", "data", "slack"])]
     pub format: Option<String>,
@@ -295,6 +298,16 @@ fn apply(sink: &mut Table, s: &Settings) -> Result<(), Failure> {
         let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
         signing.remove("secret");
         signing.insert("secret_file".into(), file.display().to_string().into());
+    }
+    match &s.headers_file {
+        None => {}
+        Some(file) if file.as_os_str().is_empty() => {
+            sink.remove("headers_file");
+        }
+        Some(file) => {
+            let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+            sink.insert("headers_file".into(), file.display().to_string().into());
+        }
     }
     for (key, value) in [
         ("format", &s.format),
