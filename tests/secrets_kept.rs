@@ -423,8 +423,9 @@ fn verify_and_receive_read_their_secret_from_a_file() {
     let other_file = dir.path().join("other.secret");
     std::fs::write(&other_file, generate_secret(Scheme::Standard)).unwrap();
 
-    // `receive` verifies what the daemon sends it.
+    // `receive` verifies what the daemon sends it, the file taking the environment's place.
     let mut receive = edgehook()
+        .env("EDGEHOOK_SECRET", generate_secret(Scheme::Standard))
         .args([
             "receive",
             "--listen",

@@ -20,8 +20,9 @@ pub struct Args {
     /// process list (/proc/PID/cmdline): prefer --secret-file or the environment
     #[arg(long, env = "EDGEHOOK_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-    /// A file holding the sink's secret (surrounding white space ignored)
-    #[arg(long, value_name = "FILE", conflicts_with = "secret")]
+    /// A file holding the sink's secret (surrounding white space ignored); it takes the place
+    /// of --secret and EDGEHOOK_SECRET
+    #[arg(long, value_name = "FILE")]
     pub secret_file: Option<std::path::PathBuf>,
     /// The signing scheme [default: standard with a secret, none without]
     #[arg(long, value_parser = ["standard", "mender", "none"])]
