@@ -50,7 +50,9 @@ fn a_second_daemon_on_a_held_outbox_exits_75_naming_the_holder_and_the_first_goe
     let first = setup.start();
     let (second, second_socket) = second_config(&setup, "second.sock");
 
+    let started = std::time::Instant::now();
     let out = quick(&second, &["run"]);
+    eprintln!("the second daemon exited in {:?}", started.elapsed());
     let (code, line) = one_line(&out);
     assert_eq!(code, Some(75), "{line}");
     assert!(
