@@ -55,6 +55,7 @@ impl Owner {
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
+        give_to_outbox_owner(&file, outbox).map_err(io)?;
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((file, Errno::EWOULDBLOCK)) => {
@@ -71,6 +72,24 @@ impl Owner {
             .map_err(io)?;
         Ok(Owner { _lock: lock })
     }
+}
+
+/// Run as root (an offline `redeliver` by an operator), gives the lock file to the owner of
+/// the outbox (of its directory before the outbox exists), as SQLite does with the -wal and
+/// -shm files it creates: a file of root's would lock the daemon's user out of its outbox.
+fn give_to_outbox_owner(file: &File, outbox: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let dir = outbox.parent().filter(|d| !d.as_os_str().is_empty());
+    let owner =
+        std::fs::metadata(outbox).or_else(|_| std::fs::metadata(dir.unwrap_or(Path::new("."))))?;
+    let mine = file.metadata()?;
+    if (mine.uid(), mine.gid()) == (owner.uid(), owner.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))
 }
 
 /// The pid the holder wrote in the lock file, waiting briefly for a holder that has just

@@ -239,6 +239,24 @@ fn an_outbox_has_one_writer_at_a_time_and_the_refusal_names_it() {
 }
 
 #[test]
+fn a_lock_file_made_by_root_belongs_to_the_owner_of_the_outbox() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    // An outbox of the daemon's user (any uid will do), opened by root while the daemon is
+    // down, as `edgehook redeliver` run with sudo does.
+    std::os::unix::fs::chown(dir.path(), Some(4242), Some(4243)).unwrap();
+    let (outbox, _, thread) = open(&cfg);
+    close(outbox, thread);
+    let lock = std::fs::metadata(lock_path(&cfg.storage.path)).unwrap();
+    assert_eq!((lock.uid(), lock.gid()), (4242, 4243));
+}
+
+#[test]
 fn drop_oldest_keeps_the_newest_max_events_and_counts_the_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "max_events = 5", &[("a", "\"*\"")]);
