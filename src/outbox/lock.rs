@@ -66,10 +66,16 @@ impl Owner {
             }
             Err((_, e)) => return Err(io(e.into())),
         };
-        lock.set_len(0).map_err(io)?;
-        lock.rewind().map_err(io)?;
-        lock.write_all(format!("{}\n", std::process::id()).as_bytes())
-            .map_err(io)?;
+        // The pid only names the holder to whoever is refused: on a full disk, where it may not
+        // fit, the lock holds all the same and they are told the pid is unknown.
+        let pid = format!("{}\n", std::process::id());
+        let written = lock
+            .set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| lock.write_all(pid.as_bytes()));
+        if let Err(e) = written {
+            log::warn!("Cannot write this process's pid in {}: {e}", path.display());
+        }
         Ok(Owner { _lock: lock })
     }
 }
