@@ -94,7 +94,7 @@ fn an_offline_redeliver_is_refused_while_a_daemon_holds_the_outbox_unseen_on_its
     let (code, line) = one_line(&out);
     assert_eq!(code, Some(75), "{line}");
     assert!(
-        line.contains(&format!("pid {}", daemon.pid())) && line.contains("through the daemon"),
+        line.contains(&format!("pid {}", daemon.pid())) && line.contains("the daemon redelivers"),
         "the holder is named and the way through the daemon given: {line}"
     );
     assert!(out.stdout.is_empty(), "nothing was redelivered");

@@ -121,7 +121,7 @@ pub(super) fn redeliver(config_path: &Path, a: RedeliverArgs) -> Result<Code, Fa
                 e @ StoreError::Held { .. } => Failure::new(
                     Code::TempFail,
                     format!(
-                        "{e}: a daemon starting or another command; redeliver through the daemon: run this again once it answers on {}",
+                        "{e}; if it is a daemon still starting, run this again once it answers on {} and the daemon redelivers",
                         config.ingest.socket.display()
                     ),
                 ),
