@@ -171,6 +171,17 @@ pub fn build(id: Option<String>, event_type: &str, data: &RawValue, now: SystemT
     }
 }
 
+/// Whether two envelopes built by `build` are the same event sent twice: the same id, type and
+/// data (as stored: without insignificant white space, every token as given), whatever their
+/// `time`, the last field.
+pub fn same_event(a: &[u8], b: &[u8]) -> bool {
+    // The time is a string without quotes, so the last `,"time":"` starts it.
+    let without_time = |body: &[u8]| -> usize {
+        memchr::memmem::rfind(body, b",\"time\":\"").unwrap_or(body.len())
+    };
+    a[..without_time(a)] == b[..without_time(b)]
+}
+
 /// Builds an event from a serialisable `data` (for edgehook's own events); a struct keeps its
 /// fields in declaration order.
 pub fn build_value(

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::exit::{Code, Failure};
 use super::table::{Table, ago, rfc3339};
 use crate::client::daemon_running;
-use crate::outbox::{Outbox, Redeliver, dead_letters, now_ms, open_ro};
+use crate::outbox::{Outbox, Redeliver, StoreError, dead_letters, now_ms, open_ro};
 
 /// Arguments of `dead-letters`.
 #[derive(Debug, clap::Args)]
@@ -90,7 +90,8 @@ pub(super) fn list(config_path: &Path, a: ListArgs) -> Result<Code, Failure> {
 }
 
 /// Through the daemon when it runs (its sinks pick the events up at once), else directly in
-/// the outbox file (they go out when it starts).
+/// the outbox file (they go out when it starts), holding the outbox's lock so that no daemon
+/// writes it meanwhile.
 pub(super) fn redeliver(config_path: &Path, a: RedeliverArgs) -> Result<Code, Failure> {
     let config = super::load(config_path)?;
     let which = Redeliver {
@@ -114,7 +115,18 @@ pub(super) fn redeliver(config_path: &Path, a: RedeliverArgs) -> Result<Code, Fa
             .unwrap_or_default();
         (reply["redelivered"].as_u64().unwrap_or(0), missing)
     } else {
-        let (outbox, _, thread) = Outbox::open(&config.storage, config.device.id.as_deref())?;
+        // The outbox's lock closes the race with a daemon starting since it did not answer.
+        let (outbox, _, thread) = Outbox::open(&config.storage, config.device.id.as_deref())
+            .map_err(|e| match e {
+                e @ StoreError::Held { .. } => Failure::new(
+                    Code::TempFail,
+                    format!(
+                        "{e}; if it is a daemon still starting, run this again once it answers on {} and the daemon redelivers",
+                        config.ingest.socket.display()
+                    ),
+                ),
+                e => e.into(),
+            })?;
         let done = outbox
             .redeliver_blocking(which)
             .map_err(|e| Failure::new(Code::IoErr, format!("storage error: {e}")))?;

@@ -19,7 +19,8 @@ pub struct Args {
     pub event_type: String,
     /// The event's data as JSON; `-` or absent reads standard input
     pub data: Option<String>,
-    /// Use this id instead of a generated one (an id already in the outbox is stored once)
+    /// Use this id instead of a generated one: sent again with the same type and data while
+    /// the first is in the outbox, the event is stored once; with others it is refused (exit 65)
     #[arg(long)]
     pub id: Option<String>,
 }
@@ -68,7 +69,13 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
     client.send_raw(&line)?;
     match client.recv()? {
         Reply::Ok(v) => {
-            println!("{}", v["id"].as_str().unwrap_or_default());
+            let id = v["id"].as_str().unwrap_or_default();
+            println!("{id}");
+            if v["duplicate"] == true {
+                eprintln!(
+                    "edgehook: event {id} was already in the outbox with the same type and data; it is stored once"
+                );
+            }
             Ok(Code::Ok)
         }
         Reply::Err { code, error } => Err(super::exit::refused(&code, &error)),

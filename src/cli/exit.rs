@@ -25,7 +25,7 @@ pub enum Code {
     Software = 70,
     /// Storage error.
     IoErr = 74,
-    /// The outbox is full.
+    /// Try again later: the outbox is full, or another process holds it.
     TempFail = 75,
     /// Configuration error.
     Config = 78,
@@ -69,6 +69,7 @@ impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         let code = match e {
             StoreError::Closed => Code::Software,
+            StoreError::Held { .. } => Code::TempFail,
             _ => Code::IoErr,
         };
         Failure {
@@ -127,7 +128,7 @@ impl From<rusqlite::Error> for Failure {
 pub fn refused(code: &str, error: &str) -> Failure {
     let exit = match code {
         "full" => Code::TempFail,
-        "invalid" | "too_large" | "decommissioned" => Code::DataErr,
+        "invalid" | "too_large" | "decommissioned" | "conflict" => Code::DataErr,
         _ => Code::Software,
     };
     Failure::new(exit, format!("{code}: {error}"))

@@ -292,10 +292,12 @@ pub fn run_until(
     mut config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    provide_secrets(&mut config)?;
-    raise_open_files(config.ingest.max_connections);
+    // First, so that a second daemon on the same outbox (`StoreError::Held`) exits having
+    // written nothing and started nothing.
     let (outbox, opened, store_thread) =
         Outbox::open(&config.storage, config.device.id.as_deref())?;
+    provide_secrets(&mut config)?;
+    raise_open_files(config.ingest.max_connections);
     if let Some(aside) = &opened.moved_aside {
         log::error!(
             "The outbox {} is damaged ({}); it was moved to {} and a fresh outbox started",

@@ -5,6 +5,7 @@
 
 pub mod clock;
 mod header;
+mod lock;
 mod read;
 mod schema;
 mod store;
@@ -16,6 +17,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use lock::lock_path;
 pub use read::{
     ActivityRow, DeadLetter, OutboxReport, SinkReport, activity, dead_letters, read_report,
 };
@@ -63,6 +65,14 @@ pub enum StoreError {
     /// The file is a SQLite database of something else.
     #[error("{0} is a SQLite database but not an edgehook outbox; refusing to touch it")]
     Foreign(PathBuf),
+    /// Another process writes the outbox: a daemon, or an offline command (`lock`).
+    #[error("outbox {} is held by another edgehook process ({}); only one may write it", .path.display(), .pid.map_or("pid unknown".to_string(), |p| format!("pid {p}")))]
+    Held {
+        /// The outbox file.
+        path: PathBuf,
+        /// The holder's pid, as it wrote it in the lock file.
+        pid: Option<u32>,
+    },
     /// The store thread is gone.
     #[error("the outbox is closed")]
     Closed,
@@ -92,6 +102,10 @@ pub enum AppendError {
     /// The device is decommissioned: local applications' events are refused.
     #[error("the device is decommissioned")]
     Decommissioned,
+    /// The producer's id is already in the outbox with another type or data; nothing was
+    /// stored.
+    #[error("an event with this id is already in the outbox with another type or data")]
+    Conflict,
     /// The disk holding the outbox is full; nothing was stored.
     #[error("the disk holding the outbox is full")]
     NoSpace,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Fetched, Measured,
     Opened, Published, Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError,
-    Totals, Transition, clock, schema,
+    Totals, Transition, clock, lock, schema,
 };
 use crate::config::{Durability, Storage, WhenFull};
 
@@ -79,6 +79,8 @@ struct SinkRow {
 
 pub(super) struct Store {
     conn: Connection,
+    /// This process's hold on the outbox, released when the thread ends.
+    _owner: lock::Owner,
     path: PathBuf,
     limits: Storage,
     events: i64,
@@ -160,6 +162,7 @@ impl Store {
         configured_device_id: Option<&str>,
     ) -> Result<(Store, Opened), StoreError> {
         let path = limits.path.clone();
+        let owner = lock::Owner::take(&path)?;
         let (conn, moved_aside) = schema::open_rw(&path, limits.durability)?;
         let err = |e| StoreError::sqlite(&limits.path, e);
         delivered::create_batch_table(&conn).map_err(err)?;
@@ -192,6 +195,7 @@ impl Store {
             .map_err(err)?;
         let mut store = Store {
             conn,
+            _owner: owner,
             path,
             limits: limits.clone(),
             events,
@@ -644,6 +648,20 @@ impl Store {
         {
             return Ok(Err(AppendError::Decommissioned));
         }
+        // Before any bound is enforced: a duplicate stores nothing, so it drops nothing.
+        if event.supplied && self.any_supplied {
+            match self.supplied_match(&event)? {
+                Some(true) => {
+                    return Ok(Ok(Appended {
+                        id: event.id,
+                        duplicate: true,
+                        stored: true,
+                    }));
+                }
+                Some(false) => return Ok(Err(AppendError::Conflict)),
+                None => {}
+            }
+        }
         let targets: Vec<SinkId> = self
             .routes
             .iter()
@@ -668,13 +686,6 @@ impl Store {
             if self.limits.when_full == WhenFull::RejectNew || !self.drop_oldest()? {
                 return Ok(Err(AppendError::Full));
             }
-        }
-        if event.supplied && self.stored_supplied(&event.id)? {
-            return Ok(Ok(Appended {
-                id: event.id,
-                duplicate: true,
-                stored: true,
-            }));
         }
         self.conn
             .prepare_cached(
@@ -762,14 +773,19 @@ impl Store {
             .optional()
     }
 
-    /// Whether an event with this producer-given id is stored.
-    fn stored_supplied(&mut self, id: &str) -> rusqlite::Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT 1 FROM supplied_ids WHERE id = ?1")?
-            .query_row([id], |_| Ok(()))
-            .optional()?
-            .is_some())
+    /// Whether the event stored under `event`'s producer-given id is the same event (its
+    /// type and data as stored, `event::same_event`); `None` when no event has that id.
+    fn supplied_match(&mut self, event: &crate::event::NewEvent) -> rusqlite::Result<Option<bool>> {
+        self.conn
+            .prepare_cached(
+                "SELECT e.type, e.body FROM supplied_ids s JOIN events e ON e.seq = s.seq
+                 WHERE s.id = ?1",
+            )?
+            .query_row([&event.id], |r| {
+                Ok(r.get_ref(0)?.as_str()? == event.event_type
+                    && crate::event::same_event(r.get_ref(1)?.as_blob()?, &event.body))
+            })
+            .optional()
     }
 
     fn forget_event(&mut self, seq: i64, len: i64) -> rusqlite::Result<()> {

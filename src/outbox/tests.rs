@@ -165,6 +165,97 @@ fn a_duplicate_id_is_acknowledged_and_stored_once() {
     assert_eq!(kept, 0);
 }
 
+/// An event with the producer-given id `id`, of type `t`, with `data` (JSON text), built at
+/// `secs` past the epoch.
+fn given(id: &str, t: &str, data: &str, secs: u64) -> NewEvent {
+    let data: Box<serde_json::value::RawValue> = serde_json::from_str(data).unwrap();
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    crate::event::build(Some(id.into()), t, &data, at)
+}
+
+#[test]
+fn an_id_sent_again_with_the_same_type_and_data_is_a_duplicate_and_with_others_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "max_events = 1", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let first = given("42", "app-a.reading", r#"{"v":1,"u":"C"}"#, 1_700_000_000);
+    assert!(!outbox.append_blocking(first).unwrap().duplicate);
+    // Sent again later, with other white space: the same event. The outbox is at its bound,
+    // and a duplicate drops nothing to make room.
+    let again = given(
+        "42",
+        "app-a.reading",
+        "{ \"v\": 1, \"u\": \"C\" }",
+        1_700_000_100,
+    );
+    let a = outbox.append_blocking(again).unwrap();
+    assert!(a.duplicate && a.stored);
+    for other in [
+        given("42", "app-b.alarm", r#"{"v":1,"u":"C"}"#, 1_700_000_000),
+        given("42", "app-a.reading", r#"{"v":2,"u":"C"}"#, 1_700_000_000),
+        // JSON-equal, but not the bytes stored: keys in another order, a number written
+        // otherwise.
+        given("42", "app-a.reading", r#"{"u":"C","v":1}"#, 1_700_000_000),
+        given("42", "app-a.reading", r#"{"v":1.0,"u":"C"}"#, 1_700_000_000),
+    ] {
+        assert_eq!(outbox.append_blocking(other), Err(AppendError::Conflict));
+    }
+    let queue = outbox.fetch_blocking(ids[0], 0, 10).unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].event_type(), "app-a.reading");
+    assert!(queue[0].body().starts_with(
+        br#"{"id":"42","type":"app-a.reading","data":{"v":1,"u":"C"},"time":"2023-11-14T22:13:20"#
+    ));
+    close(outbox, thread);
+    assert_eq!(report(dir.path()).dropped, 0);
+}
+
+#[test]
+fn an_outbox_has_one_writer_at_a_time_and_the_refusal_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, _, thread) = open(&cfg);
+    let lock = lock_path(&cfg.storage.path);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    match Outbox::open(&cfg.storage, None) {
+        Err(StoreError::Held { path, pid }) => {
+            assert_eq!(path, cfg.storage.path);
+            assert_eq!(pid, Some(std::process::id()));
+        }
+        other => panic!(
+            "a second writer must be refused, got {:?}",
+            other.map(|o| o.1)
+        ),
+    }
+    // Read-only openers do not take the lock.
+    assert!(open_ro(&cfg.storage.path).unwrap().is_some());
+    close(outbox, thread);
+    let (outbox, _, thread) = open(&cfg);
+    close(outbox, thread);
+}
+
+#[test]
+fn a_lock_file_made_by_root_belongs_to_the_owner_of_the_outbox() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    // An outbox of the daemon's user (any uid will do), opened by root while the daemon is
+    // down, as `edgehook redeliver` run with sudo does.
+    std::os::unix::fs::chown(dir.path(), Some(4242), Some(4243)).unwrap();
+    let (outbox, _, thread) = open(&cfg);
+    close(outbox, thread);
+    let lock = std::fs::metadata(lock_path(&cfg.storage.path)).unwrap();
+    assert_eq!((lock.uid(), lock.gid()), (4242, 4243));
+}
+
 #[test]
 fn drop_oldest_keeps_the_newest_max_events_and_counts_the_dropped() {
     let dir = tempfile::tempdir().unwrap();

@@ -311,6 +311,7 @@ fn refusal(e: AppendError) -> Refusal {
     match e {
         AppendError::Full => Refusal::new("full", "the outbox is full"),
         AppendError::NoSpace => Refusal::new("full", super::ingest::NO_SPACE),
+        AppendError::Conflict => Refusal::new("conflict", super::ingest::CONFLICT),
         AppendError::Decommissioned => decommissioned(),
         // The detail is in the daemon's log.
         AppendError::Storage(_) => Refusal::new("internal", "storage error: nothing was stored"),

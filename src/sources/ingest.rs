@@ -482,13 +482,18 @@ fn append_reply(
 ) -> Vec<u8> {
     match answer {
         Ok(Ok(a)) => {
-            let mut line = serde_json::to_vec(&serde_json::json!({"ok": true, "id": a.id}))
-                .expect("a Value serialises");
+            let reply = if a.duplicate {
+                serde_json::json!({"ok": true, "id": a.id, "duplicate": true})
+            } else {
+                serde_json::json!({"ok": true, "id": a.id})
+            };
+            let mut line = serde_json::to_vec(&reply).expect("a Value serialises");
             line.push(b'\n');
             line
         }
         Ok(Err(AppendError::Full)) => reply_err("full", "the outbox is full"),
         Ok(Err(AppendError::NoSpace)) => reply_err("full", NO_SPACE),
+        Ok(Err(AppendError::Conflict)) => reply_err("conflict", CONFLICT),
         Ok(Err(AppendError::Decommissioned)) => reply_err(
             "decommissioned",
             "the device is decommissioned; events are refused until `edgehook provision`",
@@ -507,6 +512,10 @@ fn append_reply(
 /// The refusal for an event the full disk had no room for: `full`, like a full outbox, since
 /// the producer's remedy is the same (try again later) and nothing was stored.
 pub(crate) const NO_SPACE: &str = "the disk holding the outbox is full; the event was not stored";
+
+/// The refusal for an event whose producer-given id is already in the outbox with another
+/// type or data.
+pub(crate) const CONFLICT: &str = "an event with this id is already in the outbox with another type or data; this one was not stored";
 
 fn reply_err(code: &str, error: &str) -> Vec<u8> {
     let mut line =
