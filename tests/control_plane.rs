@@ -88,6 +88,7 @@ fn a_flood_of_reloads_leaves_ping_delivery_resume_and_sigterm_working() {
     ping.send(b"{\"op\":\"ping\"}\n");
     let answer = ping.answer_by(started + Duration::from_secs(30));
     let took = started.elapsed();
+    eprintln!("ping answered in {took:?} during the flood");
     assert_eq!(answer, Some(json!({"ok": true})), "ping during the flood");
     assert!(
         took < Duration::from_secs(1) * leeway(),
@@ -270,6 +271,7 @@ fn a_slow_reload_stalls_neither_watchdog_nor_sigterm_and_a_full_queue_answers_bu
     signal("TERM");
     assert_eq!(daemon.terminate(), Some(0));
     let took = asked_to_stop.elapsed();
+    eprintln!("exited {took:?} after SIGTERM during a reload");
     assert!(
         took < Duration::from_secs(4) + Duration::from_secs(5) * leeway(),
         "exited {took:?} after SIGTERM"
