@@ -1,27 +1,29 @@
 //! The daemon: opens the outbox, starts the sinks, serves the socket, talks to systemd, and
-//! stops cleanly. The sinks and the outbox run on threads of their own; the async runtime (one
-//! thread) serves the socket, signals and timers.
+//! stops cleanly. The sinks and the outbox run on threads of their own, and the sinks are owned
+//! by the supervisor's thread (`supervisor`); the async runtime (one thread) serves the socket,
+//! signals and timers, and only queues work for the supervisor.
 
 pub mod logging;
+mod supervisor;
 pub mod systemd;
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::generated::{self, SecretError};
 use crate::config::{Config, ConfigError};
-use crate::outbox::{Opened, Outbox, Route, StoreError, now_ms};
-use crate::sinks::{SinkError, SinkRunner};
+use crate::outbox::{Outbox, StoreError, now_ms};
+use crate::sinks::SinkError;
 use crate::sources::control::{self, Op};
 use crate::sources::device::DeviceSource;
 use crate::sources::ingest::{self, BindError, Ingest};
-use crate::wake::Wake;
+use supervisor::{Configs, Supervisor};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -46,111 +48,6 @@ pub enum DaemonError {
     Internal(String),
 }
 
-/// The running pipeline.
-struct Pipeline {
-    outbox: Outbox,
-    opened: Opened,
-    max_age: Duration,
-    sinks: Mutex<Vec<SinkRunner>>,
-    shutdown_timeout: Mutex<Duration>,
-    config_path: PathBuf,
-    /// Requests for the device source.
-    device: mpsc::Sender<control::Request>,
-}
-
-impl Pipeline {
-    /// Routes and starts every sink of `config`; on failure nothing of the new set runs.
-    fn start_sinks(&self, config: &Config) -> Result<Vec<SinkRunner>, DaemonError> {
-        let specs: Vec<_> = config.sinks.iter().map(|s| Arc::new(s.clone())).collect();
-        let wakes: Vec<_> = specs.iter().map(|_| Arc::new(Wake::new())).collect();
-        let routes = specs
-            .iter()
-            .zip(&wakes)
-            .map(|(spec, wake)| Route {
-                spec: spec.clone(),
-                wake: wake.clone(),
-            })
-            .collect();
-        let ids = self
-            .outbox
-            .set_routes_blocking(routes)
-            .map_err(DaemonError::Internal)?;
-        let mut runners = Vec::new();
-        for ((spec, wake), id) in specs.into_iter().zip(wakes).zip(ids) {
-            if !spec.enabled {
-                continue;
-            }
-            match SinkRunner::start(
-                spec,
-                id,
-                self.outbox.clone(),
-                wake,
-                &self.opened.device_id,
-                self.max_age,
-            ) {
-                Ok(r) => runners.push(r),
-                Err(e) => {
-                    stop_all(runners, Instant::now());
-                    return Err(e.into());
-                }
-            }
-        }
-        Ok(runners)
-    }
-
-    /// SIGHUP or the socket's `reload`: read the files again and restart the sinks with them;
-    /// an invalid file keeps the running config. Returns how many sinks run, or why the new
-    /// config was refused.
-    fn reload(&self) -> Result<usize, String> {
-        // Held throughout, so reloads asked at once apply one after the other, each reading the
-        // files as they are when its turn comes.
-        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-        let config = match Config::load(&self.config_path)
-            .map_err(|e| e.to_string())
-            .and_then(|mut c| {
-                provide_secrets(&mut c)
-                    .map(|()| c)
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("Reload refused, the running config stays: {e}");
-                return Err(e);
-            }
-        };
-        let timeout = *self
-            .shutdown_timeout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        stop_all(std::mem::take(&mut *sinks), Instant::now() + timeout);
-        let result = match self.start_sinks(&config) {
-            Ok(runners) => {
-                *sinks = runners;
-                *self
-                    .shutdown_timeout
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = config.shutdown_timeout;
-                log::info!(
-                    "Reloaded {}: {} sink(s) running",
-                    self.config_path.display(),
-                    sinks.len()
-                );
-                Ok(sinks.len())
-            }
-            Err(e) => {
-                log::error!("Reload failed, no sink is running until the next reload: {e}");
-                Err(format!("the sinks could not start: {e}"))
-            }
-        };
-        let (reply, _) = tokio::sync::oneshot::channel();
-        let _ = self.device.blocking_send(control::Request {
-            op: Op::Reload(Box::new(config)),
-            reply,
-        });
-        result
-    }
-}
-
 /// Logs the config's warnings, and gives the sinks awaiting a generated secret theirs, saying
 /// which were generated now (never the secret itself).
 fn provide_secrets(config: &mut Config) -> Result<(), SecretError> {
@@ -164,108 +61,22 @@ fn provide_secrets(config: &mut Config) -> Result<(), SecretError> {
     Ok(())
 }
 
-impl Pipeline {
-    fn deadline(&self) -> Instant {
-        Instant::now()
-            + *self
-                .shutdown_timeout
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Dead letters back to their queues; the sinks that got some read their queues again.
-    fn redeliver(&self, which: crate::outbox::Redeliver) -> control::Answer {
-        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-        let done = self.outbox.redeliver_blocking(which).map_err(|_| {
-            control::Refusal::new("internal", "storage error: nothing was redelivered")
-        })?;
-        let deadline = self.deadline();
-        for runner in std::mem::take(&mut *sinks) {
-            if !done.sinks.iter().any(|n| n == runner.name()) {
-                sinks.push(runner);
-                continue;
-            }
-            let name = runner.name().to_string();
-            match runner.restart(deadline) {
-                Ok(r) => sinks.push(r),
-                Err(e) => {
-                    log::error!(sink = name.as_str(); "Sink {name} could not start again after a redelivery: {e}")
-                }
-            }
-        }
-        log::info!(
-            "{} dead letter(s) back in the queues of {}",
-            done.count,
-            done.sinks.join(", ")
-        );
-        let mut m = serde_json::Map::new();
-        m.insert("redelivered".into(), done.count.into());
-        m.insert("missing".into(), done.missing.into());
-        Ok(m)
-    }
-
-    /// Un-pauses a sink paused by 410.
-    fn resume(&self, name: &str) -> control::Answer {
-        let sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(runner) = sinks.iter().find(|r| r.name() == name) else {
-            return Err(control::Refusal::new(
-                "invalid",
-                format!(
-                    "no running sink is called `{}`",
-                    name.chars().take(64).collect::<String>()
-                ),
-            ));
-        };
-        let was_paused = runner.resume();
-        if was_paused {
-            log::info!(sink = name; "Sink {name} resumed");
-        }
-        let mut m = serde_json::Map::new();
-        m.insert("changed".into(), was_paused.into());
-        Ok(m)
-    }
-}
-
-/// Serves one control request: sink operations here, the rest by the device source.
-async fn dispatch(
-    pipeline: &Arc<Pipeline>,
+/// Routes one control request: the sinks' to the supervisor, the rest to the device source.
+/// Never waits: a device source with a full queue makes the answer `busy`.
+fn dispatch(
+    supervisor: &Supervisor,
     device: &mpsc::Sender<control::Request>,
     request: control::Request,
 ) {
     let control::Request { op, reply } = request;
-    let work: Box<dyn FnOnce(&Pipeline) -> control::Answer + Send> = match op {
-        Op::Redeliver(which) => Box::new(move |p| p.redeliver(which)),
-        Op::Resume(name) => Box::new(move |p| p.resume(&name)),
-        Op::ReloadFiles => Box::new(|p| {
-            let running = p
-                .reload()
-                .map_err(|e| control::Refusal::new("invalid", e))?;
-            let mut m = serde_json::Map::new();
-            m.insert("sinks".into(), running.into());
-            Ok(m)
-        }),
+    match op {
+        Op::Redeliver(which) => supervisor.redeliver(which, reply),
+        Op::Resume(name) => supervisor.resume(name, reply),
+        Op::ReloadFiles => supervisor.reload(Some(reply)),
         op => {
-            let _ = device.send(control::Request { op, reply }).await;
-            return;
-        }
-    };
-    let p = pipeline.clone();
-    tokio::spawn(async move {
-        let answer = tokio::task::spawn_blocking(move || work(&p))
-            .await
-            .unwrap_or_else(|_| Err(control::Refusal::new("internal", "the request failed")));
-        let _ = reply.send(answer);
-    });
-}
-
-fn stop_all(runners: Vec<SinkRunner>, deadline: Instant) {
-    for r in &runners {
-        r.stop();
-    }
-    for r in runners {
-        let name = r.name().to_string();
-        if !r.join(deadline) {
-            log::warn!(sink = name.as_str(); "Sink {name} did not finish its attempt in time; it will be retried");
+            if let Err(TrySendError::Full(r)) = device.try_send(control::Request { op, reply }) {
+                let _ = r.reply.send(Err(control::Refusal::busy()));
+            }
         }
     }
 }
@@ -314,18 +125,8 @@ pub fn run_until(
         &config,
         opened.facts.clone(),
     );
-    let pipeline = Arc::new(Pipeline {
-        outbox: outbox.clone(),
-        opened,
-        max_age: config.storage.max_age,
-        sinks: Mutex::new(Vec::new()),
-        shutdown_timeout: Mutex::new(config.shutdown_timeout),
-        config_path: config.path.clone(),
-        device: device_tx,
-    });
-    let runners = pipeline.start_sinks(&config)?;
-    let sink_count = runners.len();
-    *pipeline.sinks.lock().unwrap_or_else(|p| p.into_inner()) = runners;
+    let (supervisor, sink_count, configs) =
+        Supervisor::start(&config, outbox.clone(), opened.device_id.clone())?;
     let listener = ingest::bind(&config.ingest.socket, &config.ingest.group)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -334,34 +135,26 @@ pub fn run_until(
     log::info!(
         "edgehook {} started: device {}, {} sink(s), socket {}",
         env!("CARGO_PKG_VERSION"),
-        pipeline.opened.device_id,
+        opened.device_id,
         sink_count,
         config.ingest.socket.display()
     );
     let socket_path = config.ingest.socket.clone();
     let result = runtime.block_on(serve(
-        pipeline.clone(),
+        outbox.clone(),
+        &supervisor,
         listener,
         &config,
-        (device, device_rx),
+        (device, device_tx, device_rx, configs),
         (control_tx, control_rx),
         shutdown,
     ));
     systemd::stopping();
-    let timeout = *pipeline
-        .shutdown_timeout
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let deadline = Instant::now() + timeout;
-    stop_all(
-        std::mem::take(&mut *pipeline.sinks.lock().unwrap_or_else(|p| p.into_inner())),
-        deadline,
-    );
+    let deadline = supervisor.finish();
     // An inventory script still running was told to stop with the pipeline; its thread is
     // not waited for beyond this.
     runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = std::fs::remove_file(&socket_path);
-    drop(pipeline);
     drop(outbox);
     // Every acknowledged event is already committed; waiting for the outbox thread only lets it
     // finish what is queued and checkpoint the WAL.
@@ -408,10 +201,16 @@ fn join_until(t: JoinHandle<()>, deadline: Instant) {
 }
 
 async fn serve(
-    pipeline: Arc<Pipeline>,
+    outbox: Outbox,
+    supervisor: &Supervisor,
     listener: std::os::unix::net::UnixListener,
     config: &Config,
-    (mut device, device_rx): (DeviceSource, mpsc::Receiver<control::Request>),
+    (mut device, device_tx, device_rx, configs): (
+        DeviceSource,
+        mpsc::Sender<control::Request>,
+        mpsc::Receiver<control::Request>,
+        Configs,
+    ),
     (control_tx, mut control_rx): (
         mpsc::Sender<control::Request>,
         mpsc::Receiver<control::Request>,
@@ -431,7 +230,7 @@ async fn serve(
         .map_err(|e| DaemonError::Internal(format!("cannot use the socket: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let ingest = Arc::new(Ingest {
-        outbox: pipeline.outbox.clone(),
+        outbox: outbox.clone(),
         max_line: config.ingest.max_event_bytes as usize,
         max_connections: config.ingest.max_connections as usize,
         control: control_tx,
@@ -439,9 +238,8 @@ async fn serve(
     // The first start's `device-provisioned` goes into the outbox before any other event.
     device.start().await;
     let cancel_device = device.cancel_flag();
-    let device_task = tokio::spawn(device.run(device_rx, stop_rx.clone()));
+    let device_task = tokio::spawn(device.run(device_rx, configs, stop_rx.clone()));
     let server = tokio::spawn(ingest::serve(listener, ingest, stop_rx));
-    let outbox = pipeline.outbox.clone();
     outbox.expire(now_ms()).await;
     let mut seen_commits = outbox.commits();
     let mut resting = false;
@@ -460,16 +258,10 @@ async fn serve(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = hup.recv() => {
-                log::info!("SIGHUP: reloading {}", pipeline.config_path.display());
-                let p = pipeline.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    let _ = p.reload();
-                })
-                .await;
+                log::info!("SIGHUP: reloading {}", config.path.display());
+                supervisor.reload(None);
             }
-            Some(request) = control_rx.recv() => {
-                dispatch(&pipeline, &pipeline.device, request).await;
-            }
+            Some(request) = control_rx.recv() => dispatch(supervisor, &device_tx, request),
             // At rest no timer asks the outbox thread anything (`Published`): it sleeps, and
             // so does this one until the outbox is busy again.
             _ = expiry.tick(), if outbox.may_expire() => outbox.expire(now_ms()).await,
@@ -504,13 +296,14 @@ async fn serve(
         }
     }
     log::info!("Stopping: no new events are taken");
+    let deadline = supervisor.stop(Instant::now() + supervisor.shutdown_timeout());
     cancel_device.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let timeout = *pipeline
-        .shutdown_timeout
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let _ = tokio::time::timeout(timeout, server).await;
+    // Requests not yet routed are dropped, which answers them "the daemon is stopping", and a
+    // connection waiting to queue one goes on to its end.
+    control_rx.close();
+    while control_rx.try_recv().is_ok() {}
+    let _ = tokio::time::timeout_at(deadline.into(), server).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), device_task).await;
     Ok(())
 }

@@ -4,8 +4,6 @@
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use crate::config::Config;
-
 /// What is asked.
 #[derive(Debug)]
 pub enum Op {
@@ -21,8 +19,6 @@ pub enum Op {
     Redeliver(crate::outbox::Redeliver),
     /// Un-pause a sink paused by 410.
     Resume(String),
-    /// The config was reloaded (from the daemon to the device source, never from the socket).
-    Reload(Box<Config>),
     /// Read the config files again (the socket's `reload`, as SIGHUP).
     ReloadFiles,
 }
@@ -30,7 +26,7 @@ pub enum Op {
 /// A refused request: the socket's error code and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// `invalid`, `full`, `decommissioned` or `internal`.
+    /// `invalid`, `full`, `decommissioned`, `busy` or `internal`.
     pub code: &'static str,
     /// What to tell the client.
     pub error: String,
@@ -43,6 +39,14 @@ impl Refusal {
             code,
             error: error.into(),
         }
+    }
+
+    /// Too many control requests wait already: this one was not queued.
+    pub fn busy() -> Self {
+        Refusal::new(
+            "busy",
+            "too many control requests are waiting; nothing was done; try again later",
+        )
     }
 }
 

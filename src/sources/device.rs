@@ -91,9 +91,11 @@ impl DeviceSource {
     }
 
     /// Serves control requests and collects the inventory until `shutdown`.
+    /// `configs` brings each config a reload applied.
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
+        mut configs: watch::Receiver<Option<Arc<Config>>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         if !self.decommissioned() {
@@ -112,17 +114,17 @@ impl DeviceSource {
                         let _ = self.refresh_inventory().await;
                     }
                 }
+                Ok(()) = configs.changed() => {
+                    let Some(config) = configs.borrow_and_update().clone() else { continue };
+                    self.reload(&config, &mut tick);
+                    // A sink added by the reload gets what was never taken by one.
+                    self.start().await;
+                    if !self.decommissioned() {
+                        let _ = self.refresh_inventory().await;
+                    }
+                }
                 request = requests.recv() => {
                     let Some(request) = request else { break };
-                    if let Op::Reload(config) = request.op {
-                        self.reload(&config, &mut tick);
-                        // A sink added by the reload gets what was never taken by one.
-                        self.start().await;
-                        if !self.decommissioned() {
-                            let _ = self.refresh_inventory().await;
-                        }
-                        continue;
-                    }
                     let answer = self.handle(request.op).await;
                     let _ = request.reply.send(answer);
                 }
@@ -212,7 +214,7 @@ impl DeviceSource {
                 self.refresh_inventory().await.map(changed).map_err(refusal)
             }
             // Handled by the daemon, never sent here.
-            Op::Reload(_) | Op::ReloadFiles | Op::Redeliver(_) | Op::Resume(_) => Ok(Map::new()),
+            Op::ReloadFiles | Op::Redeliver(_) | Op::Resume(_) => Ok(Map::new()),
         }
     }
 
