@@ -217,7 +217,7 @@ fn inline_secrets_in_a_config_others_can_read_are_warned_about_naming_the_file_a
     let dropin = dropin_dir.join("chat.toml");
     std::fs::write(
         &dropin,
-        "[[sink]]\nname = \"chat\"\nurl = \"https://hooks.slack.com/services/T1/B2/xyz\"\nformat = \"slack\"\n[sink.signing]\nscheme = \"none\"\n",
+        "[[sink]]\nname = \"chat\"\nurl = \"https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX\"\nformat = \"slack\"\n[sink.signing]\nscheme = \"none\"\n",
     )
     .unwrap();
     let warnings = |out: &Output| -> Vec<String> {
@@ -302,7 +302,7 @@ fn a_drop_in_holding_a_credential_header_is_kept_from_other_users() {
             "add",
             "chat",
             "--url",
-            "https://hooks.slack.com/services/T0/B0/X",
+            "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
             "--format",
             "slack",
         ],

@@ -157,10 +157,19 @@ pub fn display_url(url: &str) -> String {
     shown
 }
 
-/// Whether `url` holds something [`display_url`] hides: credentials, a query string, or a
-/// path beyond its first segment.
+/// Whether `url` seems to hold a credential: user information, a query string, or a path
+/// segment that reads as a token (one with a digit in six or more characters, or any of over
+/// twenty), as Slack's `T…/B…/x…` and Zapier's `catch/123/abc12/` do. [`display_url`] hides
+/// more than this (every segment after the first), but a config file open to others is only
+/// warned about for what looks like a secret: `https://api.example.com/v1/events` is not one.
 pub fn url_holds_secret(url: &str) -> bool {
-    display_url(url).contains('…')
+    let Ok(u) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let token = |s: &str| s.len() > 20 || (s.len() >= 6 && s.chars().any(|c| c.is_ascii_digit()));
+    u.authority().is_some_and(|a| a.as_str().contains('@'))
+        || u.query().is_some()
+        || u.path().split('/').any(token)
 }
 
 /// Whether `name` may name a sink (it also names its drop-in and secret files).

@@ -428,7 +428,7 @@ fn headers_file_is_refused_on_an_mqtt_sink() {
 fn inline_secrets_in_a_config_others_can_read_are_warned_about_by_key() {
     use std::os::unix::fs::PermissionsExt;
     let main = format!(
-        "{SINK}\n[[sink]]\nname = \"chat\"\nurl = \"https://hooks.slack.com/services/T1/B2/xyz\"\nheaders = {{ \"X-Api-Key\" = \"k\", \"X-Site\" = \"a\" }}\n[sink.signing]\nscheme = \"none\"\n"
+        "{SINK}\n[[sink]]\nname = \"chat\"\nurl = \"https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX\"\nheaders = {{ \"X-Api-Key\" = \"k\", \"X-Site\" = \"a\" }}\n[sink.signing]\nscheme = \"none\"\n"
     );
     let (dir, path) = config_dir(&main, &[("plain.toml", &none_sink("plain"))]);
     let dropin = dir.path().join("sinks.d/plain.toml");
@@ -467,5 +467,25 @@ fn headers_that_carry_credentials_are_known_by_name() {
     }
     for name in ["X-Site", "Content-Language", "X-Device-Group"] {
         assert!(!sensitive_header(name), "{name}");
+    }
+}
+
+#[test]
+fn only_urls_that_look_like_credentials_are_warned_about() {
+    use super::url_holds_secret;
+    for plain in [
+        "https://api.example.com/v1/events",
+        "https://hooks.example.com/edge",
+        "mqtts://broker.example.com:8883",
+    ] {
+        assert!(!url_holds_secret(plain), "{plain}");
+    }
+    for secret in [
+        "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+        "https://hooks.zapier.com/hooks/catch/123456/abc12de/",
+        "https://user:pass@example.com/in",
+        "https://example.com/in?code=abc",
+    ] {
+        assert!(url_holds_secret(secret), "{secret}");
     }
 }
