@@ -10,6 +10,7 @@ mod file;
 pub mod generated;
 mod http;
 mod mqtt;
+mod ranges;
 mod signing;
 mod sink;
 pub mod units;
