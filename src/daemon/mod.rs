@@ -122,7 +122,10 @@ impl Pipeline {
             .shutdown_timeout
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        stop_all(std::mem::take(&mut *sinks), Instant::now() + timeout);
+        stop_all(
+            std::mem::take(&mut *sinks),
+            crate::config::units::later(Instant::now(), timeout),
+        );
         let result = match self.start_sinks(&config) {
             Ok(runners) => {
                 *sinks = runners;
@@ -350,7 +353,7 @@ pub fn run_until(
         .shutdown_timeout
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::config::units::later(Instant::now(), timeout);
     stop_all(
         std::mem::take(&mut *pipeline.sinks.lock().unwrap_or_else(|p| p.into_inner())),
         deadline,

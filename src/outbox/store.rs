@@ -1064,7 +1064,9 @@ impl Store {
         if self.nothing_to_expire() {
             return Ok(());
         }
-        let cutoff = now_ms + self.offset_ms - self.limits.max_age.as_millis() as i64;
+        let cutoff = now_ms
+            .saturating_add(self.offset_ms)
+            .saturating_sub(crate::config::units::millis_i64(self.limits.max_age));
         let old: Vec<i64> = self
             .conn
             .prepare_cached(
