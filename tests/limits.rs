@@ -238,6 +238,7 @@ fn drop_oldest_keeps_the_devices_own_events_and_logs_each_local_event_it_drops()
         "{types:?}"
     );
     let dropped = &ids[..6 - kept];
+    eprintln!("kept {types:?}; dropped {} local events", dropped.len());
     assert_eq!(setup.status()["outbox"]["dropped"], dropped.len());
     wait_until(
         Duration::from_secs(10),
