@@ -1,8 +1,9 @@
 //! The TOML configuration: the main file and the drop-in sink files of `sinks.d/` beside it.
 //! `file` holds the types serde reads; `check` (with `sink`, `http`, `mqtt` and `signing` for
 //! the sinks) turns them into the [`Config`] the daemon runs with, reporting every problem as
-//! `file:line:col: message`. `generated` keeps the secrets generated for signing sinks given
-//! none; `atomic` writes files whole or not at all.
+//! `file:line:col: message`; `ranges` holds the range of every duration and size.
+//! `generated` keeps the secrets generated for signing sinks given none; `atomic` writes files
+//! whole or not at all.
 
 pub mod atomic;
 mod check;

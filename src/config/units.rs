@@ -1,5 +1,6 @@
 //! Durations (`500ms`, `10s`, `5m`, `1h`, `7d`) and sizes (`256MiB`, `65536`) as they are
-//! written in the config file.
+//! written in the config file, and the arithmetic on durations that can neither panic nor
+//! wrap (`later`, `millis`).
 
 use std::time::{Duration, Instant};
 
