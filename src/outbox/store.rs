@@ -738,6 +738,8 @@ impl Store {
     /// the oldest of edgehook's own events (`BUILT_IN_TYPES`: the device's lifecycle and
     /// inventory) when no local application's is left. False when there is none.
     fn drop_oldest(&mut self) -> rusqlite::Result<bool> {
+        // The statement below names one parameter for each of edgehook's own types.
+        const _: () = assert!(crate::event::BUILT_IN_TYPES.len() == 5);
         let own = rusqlite::params_from_iter(crate::event::BUILT_IN_TYPES);
         let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
         let mut oldest: Option<(i64, String, String, i64)> = self
