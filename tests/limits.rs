@@ -142,12 +142,16 @@ fn undeliverable(storage: &str, events: &str) -> (Receiver, Setup) {
 fn events_expired_by_max_age_are_each_logged_with_id_and_type_and_counted() {
     let (_receiver, setup) = undeliverable("max_age = \"1s\"\n", "[\"*\", \"!device*\"]");
     let daemon = setup.start();
+    let t0 = std::time::Instant::now();
     let ids: Vec<String> = (0..3)
         .map(|n| emit_one(&setup.socket(), "sensor.reading", json!({ "n": n })))
         .collect();
+    // The line comes once the transaction that counted the loss has committed.
     wait_until(Duration::from_secs(30), "three expired events", || {
-        setup.status()["outbox"]["expired"] == 3
+        losses(&daemon.log(), "expired").0.len() == 3
     });
+    assert_eq!(setup.status()["outbox"]["expired"], 3);
+    eprintln!("expired at {:?}", t0.elapsed());
     let log = daemon.log();
     let (named, more) = losses(&log, "expired");
     assert_eq!((named.len(), more), (3, 0), "{log}");
@@ -163,8 +167,10 @@ fn events_expired_by_max_age_are_each_logged_with_id_and_type_and_counted() {
     wait_until(
         Duration::from_secs(30),
         "three trimmed dead letters",
-        || setup.status()["outbox"]["dead_letters_trimmed"] == 3,
+        || losses(&daemon.log(), "dead-letter-expired").0.len() == 3,
     );
+    assert_eq!(setup.status()["outbox"]["dead_letters_trimmed"], 3);
+    eprintln!("trimmed at {:?}", t0.elapsed());
     let (named, more) = losses(&daemon.log(), "dead-letter-expired");
     assert_eq!((named.len(), more), (3, 0), "{}", daemon.log());
 }
