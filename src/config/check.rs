@@ -138,7 +138,7 @@ pub(super) fn check<'a>(
             socket: c.resolve(&raw.ingest.socket),
             group: raw.ingest.group,
             max_event_bytes: raw.ingest.max_event_bytes.get_ref().0,
-            max_connections: raw.ingest.max_connections.max(1),
+            max_connections: *raw.ingest.max_connections.get_ref(),
         },
         log_level: raw.log.level,
         shutdown_timeout: raw.daemon.shutdown_timeout.get_ref().0,

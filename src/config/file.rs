@@ -122,7 +122,7 @@ pub(super) struct IngestFile {
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: Spanned<Size>,
     #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
+    pub max_connections: Spanned<u32>,
 }
 
 impl Default for IngestFile {
@@ -145,8 +145,8 @@ fn default_group() -> String {
 fn default_max_event_bytes() -> Spanned<Size> {
     Spanned::new(0..0, Size(64 * 1024))
 }
-fn default_max_connections() -> u32 {
-    256
+fn default_max_connections() -> Spanned<u32> {
+    Spanned::new(0..0, 256)
 }
 
 #[derive(Debug, Deserialize)]

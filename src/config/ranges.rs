@@ -28,6 +28,9 @@ pub(super) const MAX_EVENTS: (u64, u64) = (1, 100_000_000);
 pub(super) const MAX_DEAD_LETTERS: (u64, u64) = (1, 100_000_000);
 /// `ingest.max_event_bytes`: SPEC §7's 1 MiB at most.
 pub(super) const MAX_EVENT_BYTES: (u64, u64) = (256, MIB);
+/// `ingest.max_connections`: a file descriptor each, and a count tokio's semaphore holds on a
+/// 32-bit device too.
+pub(super) const MAX_CONNECTIONS: (u64, u64) = (1, 65_536);
 /// `inventory.interval`.
 pub(super) const INTERVAL: (Duration, Duration) = (SECOND, Duration::from_secs(30 * 86_400));
 /// `inventory.script_timeout`.
@@ -54,6 +57,12 @@ pub(super) fn check_section_ranges(c: &mut Checker<'_>, raw: &ConfigFile) {
         &raw.ingest.max_event_bytes,
         "max_event_bytes",
         MAX_EVENT_BYTES,
+    );
+    count(
+        c,
+        &raw.ingest.max_connections,
+        "max_connections",
+        MAX_CONNECTIONS,
     );
     duration(c, &raw.inventory.interval, "interval", INTERVAL);
     duration(
@@ -95,8 +104,13 @@ fn size(c: &mut Checker<'_>, v: &Spanned<Size>, key: &str, (lo, hi): (u64, u64))
     }
 }
 
-fn count(c: &mut Checker<'_>, v: &Spanned<u64>, key: &str, (lo, hi): (u64, u64)) {
-    if !(lo..=hi).contains(v.get_ref()) {
+fn count<T: Copy + Into<u64>>(
+    c: &mut Checker<'_>,
+    v: &Spanned<T>,
+    key: &str,
+    (lo, hi): (u64, u64),
+) {
+    if !(lo..=hi).contains(&(*v.get_ref()).into()) {
         c.at(v, format!("`{key}` must be between {lo} and {hi}"));
     }
 }

@@ -373,6 +373,7 @@ const RANGES: &[(&str, &str, [&str; 4])] = &[
         "max_event_bytes",
         ["255", "256", "\"1MiB\"", "1048577"],
     ),
+    ("[ingest]", "max_connections", ["0", "1", "65536", "65537"]),
     (
         "[inventory]",
         "interval",
