@@ -159,7 +159,7 @@ impl Shared {
 
     /// The wait after one more failure in a row: full jitter up to `retry_max`.
     fn backoff(&self, failures_in_row: &mut u32, rng: &mut impl rand::Rng) -> Duration {
-        *failures_in_row += 1;
+        *failures_in_row = failures_in_row.saturating_add(1);
         let spec = &self.spec;
         backoff::full_jitter(spec.retry_initial, spec.retry_max, *failures_in_row, rng)
     }
@@ -516,7 +516,7 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
             )
             .await;
         pool.put(conn);
-        attempts += 1;
+        attempts = attempts.saturating_add(1);
         let status = a.status.map_or(0, u64::from);
         let latency_ms = a.latency.as_millis() as u64;
         let measured = Measured {

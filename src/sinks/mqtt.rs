@@ -602,7 +602,7 @@ async fn connect_loop(s: &Shared, sink: &MqttSink) {
             Err(e) => End::Lost(e),
         };
         let End::Lost(error) = end else { return };
-        failures += 1;
+        failures = failures.saturating_add(1);
         let wait = backoff::full_jitter(spec.retry_initial, spec.retry_max, failures, &mut rng);
         log::warn!(sink = spec.name.as_str(), retry_in_ms = crate::config::units::millis(wait);
             "Sink {}: {error}; reconnecting in {} ms", spec.name, wait.as_millis());
@@ -910,7 +910,7 @@ impl<'a> Session<'a> {
             code: Some(code.into()),
             latency_ms,
         };
-        let attempts = d.attempts + 1;
+        let attempts = d.attempts.saturating_add(1);
         let error = format!("MQTT reason {name}");
         let refusal = s.refusal(
             &d,
