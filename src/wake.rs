@@ -49,7 +49,7 @@ impl Wake {
     /// Sleeps until the generation differs from `seen` or `timeout` passes; returns the
     /// generation then.
     pub fn wait(&self, seen: u64, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::config::units::later(Instant::now(), timeout);
         let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         while *g == seen {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -67,6 +67,77 @@ fn qos_0_on_an_mqtt_sink_exits_78_with_line_and_column() {
 }
 
 #[test]
+fn durations_and_sizes_out_of_their_range_exit_78_with_line_and_column() {
+    let sink = "[[sink]]\nname = \"cloud\"\nurl = \"https://example.com/\"\n";
+    let cases = [
+        (
+            "[storage]\nmax_age = \"1000000000y\"\n".to_string(),
+            "2:11",
+            "`max_age` must be between 1s and 3650d",
+        ),
+        (
+            "[storage]\nmax_age = \"0s\"\n".to_string(),
+            "2:11",
+            "`max_age` must be between",
+        ),
+        (
+            format!("{sink}timeout = \"300000000000y\"\n[sink.signing]\nscheme = \"none\"\n"),
+            "4:11",
+            "`timeout` must be between 100ms and 1d",
+        ),
+        (
+            "[ingest]\nmax_event_bytes = \"16MiB\"\n".to_string(),
+            "2:19",
+            "`max_event_bytes` must be between 256 and 1MiB",
+        ),
+        (
+            "[daemon]\nshutdown_timeout = \"2d\"\n".to_string(),
+            "2:20",
+            "`shutdown_timeout` must be between",
+        ),
+        (
+            "[storage]\nmax_dead_letters = 0\n".to_string(),
+            "2:20",
+            "`max_dead_letters` must be between",
+        ),
+        (
+            format!("{sink}[sink.signing]\nscheme = \"none\"\n[sink.retry]\nmax = \"400d\"\n"),
+            "7:7",
+            "`retry.max` must be between",
+        ),
+    ];
+    for (text, line_col, needle) in &cases {
+        assert_config_error(text, line_col, needle);
+    }
+}
+
+/// Every duration and size at the top of its range: the daemon runs, delivers and stops as
+/// asked (no deadline or age computed from them overflows).
+#[test]
+fn a_daemon_configured_at_the_top_of_every_range_delivers_and_stops() {
+    let receiver = Receiver::ok();
+    let setup = Setup::new("");
+    let sink = http_sink("cloud", &receiver.url(), SECRET, "timeout = \"1d\"")
+        .replace("max = \"500ms\"", "max = \"1d\"");
+    let storage = "max_age = \"3650d\"\nmax_bytes = \"1TiB\"\nmax_events = 100000000\nmax_dead_letters = 100000000\n";
+    setup.write_config_sections(
+        storage,
+        "max_event_bytes = \"1MiB\"\n",
+        &format!("[inventory]\nbuiltin = false\nscripts_dirs = []\ninterval = \"30d\"\nscript_timeout = \"1d\"\n{sink}"),
+    );
+    let text = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace("shutdown_timeout = \"2s\"", "shutdown_timeout = \"1h\"");
+    std::fs::write(&setup.config, text).unwrap();
+    let mut daemon = setup.start();
+    emit_one(&setup.socket(), "sensor.reading", json!({"n": 1}));
+    wait_until(Duration::from_secs(30), "the delivery", || {
+        receiver.delivered_count() == 1
+    });
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+}
+
+#[test]
 fn a_missing_config_file_exits_78() {
     let out = run(
         std::path::Path::new("/nonexistent/edgehook.toml"),
@@ -88,7 +159,7 @@ fn check_config_summarises_a_valid_file() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("sink     cloud http https://hooks.example.com/edge: standard signing"),
+        text.contains("sink     cloud http https://hooks.example.com/edge?…: standard signing"),
         "{text}"
     );
     assert!(!text.contains("token=abc"), "query strings are not shown");

@@ -128,7 +128,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
             }
             emitted += 1;
         }
-        let wait_until = Instant::now() + a.every;
+        let wait_until = crate::config::units::later(Instant::now(), a.every);
         while let Ok((id, t)) =
             got_rx.recv_timeout(wait_until.saturating_duration_since(Instant::now()))
         {

@@ -68,6 +68,10 @@ pub struct OutboxStatus {
     pub file_bytes: u64,
     /// Events dropped to make room.
     pub dropped: i64,
+    /// Events expired by `max_age`.
+    pub expired: i64,
+    /// Dead letters removed (past `max_age` or over `max_dead_letters`).
+    pub dead_letters_trimmed: i64,
 }
 
 /// One sink.
@@ -115,6 +119,8 @@ pub fn collect(config: &Config) -> Result<Status, Failure> {
         events: 0,
         event_bytes: 0,
         dropped: 0,
+        expired: 0,
+        dead_letters_trimmed: 0,
         sinks: Vec::new(),
     };
     let exists = report.is_some();
@@ -171,6 +177,8 @@ pub fn collect(config: &Config) -> Result<Status, Failure> {
             event_bytes: report.event_bytes,
             file_bytes,
             dropped: report.dropped,
+            expired: report.expired,
+            dead_letters_trimmed: report.dead_letters_trimmed,
         },
         sinks,
     })
@@ -227,8 +235,14 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
         }
     );
     println!(
-        "outbox   {}: {} events, {} bytes of events, {} bytes on disk, {} dropped",
-        s.outbox.path, s.outbox.events, s.outbox.event_bytes, s.outbox.file_bytes, s.outbox.dropped
+        "outbox   {}: {} events, {} bytes of events, {} bytes on disk, {} dropped, {} expired, {} dead letters trimmed",
+        s.outbox.path,
+        s.outbox.events,
+        s.outbox.event_bytes,
+        s.outbox.file_bytes,
+        s.outbox.dropped,
+        s.outbox.expired,
+        s.outbox.dead_letters_trimmed
     );
     println!();
     let mut t = Table::new(&[

@@ -4,8 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use toml::Spanned;
 
 use super::file::{ConfigFile, DropInFile, SinkFile};
@@ -144,17 +142,17 @@ pub(super) fn check<'a>(
             max_events: raw.storage.max_events.into_inner(),
             max_bytes: raw.storage.max_bytes.into_inner().0,
             when_full: raw.storage.when_full,
-            max_age: raw.storage.max_age.0,
-            max_dead_letters: raw.storage.max_dead_letters,
+            max_age: raw.storage.max_age.get_ref().0,
+            max_dead_letters: *raw.storage.max_dead_letters.get_ref(),
         },
         ingest: Ingest {
             socket: c.resolve(&raw.ingest.socket),
             group: raw.ingest.group,
             max_event_bytes: raw.ingest.max_event_bytes.get_ref().0,
-            max_connections: raw.ingest.max_connections.max(1),
+            max_connections: *raw.ingest.max_connections.get_ref(),
         },
         log_level: raw.log.level,
-        shutdown_timeout: raw.daemon.shutdown_timeout.0,
+        shutdown_timeout: raw.daemon.shutdown_timeout.get_ref().0,
         sinks,
         warnings: c.warnings,
     })
@@ -188,28 +186,7 @@ fn check_sections(c: &mut Checker<'_>, raw: &ConfigFile) {
             c.at(identity, "`device.identity` needs at least one key");
         }
     }
-    if raw.inventory.interval.get_ref().0 < Duration::from_secs(1) {
-        c.at(&raw.inventory.interval, "`interval` must be at least 1s");
-    }
-    if raw.inventory.script_timeout.get_ref().0 < Duration::from_millis(10) {
-        c.at(
-            &raw.inventory.script_timeout,
-            "`script_timeout` must be at least 10ms",
-        );
-    }
-    if *raw.storage.max_events.get_ref() == 0 {
-        c.at(&raw.storage.max_events, "`max_events` must be at least 1");
-    }
-    if raw.storage.max_bytes.get_ref().0 < 4096 {
-        c.at(&raw.storage.max_bytes, "`max_bytes` must be at least 4KiB");
-    }
-    let max_line = raw.ingest.max_event_bytes.get_ref().0;
-    if !(256..=16 * 1024 * 1024).contains(&max_line) {
-        c.at(
-            &raw.ingest.max_event_bytes,
-            "`max_event_bytes` must be between 256 and 16MiB",
-        );
-    }
+    super::ranges::check_section_ranges(c, raw);
 }
 
 /// The sinks of every file, in order: the main file's, then each drop-in's. A name defined

@@ -71,9 +71,9 @@ pub(super) struct StorageFile {
     #[serde(default = "default_when_full")]
     pub when_full: WhenFull,
     #[serde(default = "default_max_age")]
-    pub max_age: Span,
+    pub max_age: Spanned<Span>,
     #[serde(default = "default_max_dead_letters")]
-    pub max_dead_letters: u64,
+    pub max_dead_letters: Spanned<u64>,
 }
 
 impl Default for StorageFile {
@@ -105,11 +105,11 @@ fn default_max_bytes() -> Spanned<Size> {
 fn default_when_full() -> WhenFull {
     WhenFull::DropOldest
 }
-fn default_max_age() -> Span {
-    Span(std::time::Duration::from_secs(7 * 86400))
+fn default_max_age() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(7 * 86400)))
 }
-fn default_max_dead_letters() -> u64 {
-    10_000
+fn default_max_dead_letters() -> Spanned<u64> {
+    Spanned::new(0..0, 10_000)
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,7 +122,7 @@ pub(super) struct IngestFile {
     #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: Spanned<Size>,
     #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
+    pub max_connections: Spanned<u32>,
 }
 
 impl Default for IngestFile {
@@ -145,8 +145,8 @@ fn default_group() -> String {
 fn default_max_event_bytes() -> Spanned<Size> {
     Spanned::new(0..0, Size(64 * 1024))
 }
-fn default_max_connections() -> u32 {
-    256
+fn default_max_connections() -> Spanned<u32> {
+    Spanned::new(0..0, 256)
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,7 +227,7 @@ pub(super) struct LogFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct DaemonFile {
     #[serde(default = "default_shutdown_timeout")]
-    pub shutdown_timeout: Span,
+    pub shutdown_timeout: Spanned<Span>,
 }
 
 impl Default for DaemonFile {
@@ -238,8 +238,8 @@ impl Default for DaemonFile {
     }
 }
 
-fn default_shutdown_timeout() -> Span {
-    Span(std::time::Duration::from_secs(5))
+fn default_shutdown_timeout() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(5)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,7 +254,7 @@ pub(super) struct SinkFile {
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     pub headers_file: Option<Spanned<PathBuf>>,
     #[serde(default = "default_timeout")]
-    pub timeout: Span,
+    pub timeout: Spanned<Span>,
     pub max_in_flight: Option<Spanned<u32>>,
     pub ca_file: Option<Spanned<PathBuf>>,
     pub client_cert: Option<Spanned<PathBuf>>,
@@ -308,8 +308,8 @@ fn default_events() -> Vec<Spanned<String>> {
 fn yes() -> bool {
     true
 }
-fn default_timeout() -> Span {
-    Span(std::time::Duration::from_secs(30))
+fn default_timeout() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(30)))
 }
 
 /// The signing schemes.

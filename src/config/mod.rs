@@ -1,9 +1,10 @@
 //! The TOML configuration: the main file and the drop-in sink files of `sinks.d/` beside it.
 //! `file` holds the types serde reads; `check` (with `sink`, `http`, `mqtt` and `signing` for
 //! the sinks) turns them into the [`Config`] the daemon runs with, reporting every problem as
-//! `file:line:col: message`. `generated` keeps the secrets generated for signing sinks given
-//! none; `atomic` writes files whole or not at all; `exposed` says which keys hold secrets
-//! and warns about a file holding some that others can read.
+//! `file:line:col: message`; `ranges` holds the range of every duration and size.
+//! `generated` keeps the secrets generated for signing sinks given none; `atomic` writes files
+//! whole or not at all; `exposed` says which keys hold secrets and warns about a file holding
+//! some that others can read.
 
 pub mod atomic;
 mod check;
@@ -12,6 +13,7 @@ mod file;
 pub mod generated;
 mod http;
 mod mqtt;
+mod ranges;
 mod signing;
 mod sink;
 pub mod units;

@@ -215,6 +215,7 @@ pub(super) fn check_sink(c: &mut Checker<'_>, s: &SinkFile) -> Option<SinkSpec> 
         None => 1,
     };
     check_retry(c, s);
+    super::ranges::check_sink_ranges(c, s, is_mqtt);
     let (signer, secret) = super::signing::check_signing(c, s, &name);
     check_tls_files(c, s, &name);
     let description = check_description(c, s, &name);
@@ -239,7 +240,7 @@ pub(super) fn check_sink(c: &mut Checker<'_>, s: &SinkFile) -> Option<SinkSpec> 
         events,
         exclude,
         enabled: s.enabled,
-        timeout: s.timeout.0,
+        timeout: s.timeout.get_ref().0,
         max_in_flight,
         ca_file: s.ca_file.as_ref().map(|p| c.resolve(p.get_ref())),
         client_cert: s.client_cert.as_ref().map(|p| c.resolve(p.get_ref())),
@@ -279,9 +280,6 @@ fn check_events(
 
 fn check_retry(c: &mut Checker<'_>, s: &SinkFile) {
     let retry = &s.retry;
-    if retry.initial.get_ref().0.is_zero() {
-        c.at(&retry.initial, "`retry.initial` must be more than zero");
-    }
     if retry.max.get_ref().0 < retry.initial.get_ref().0 {
         c.at(
             &retry.max,

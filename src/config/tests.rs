@@ -489,3 +489,124 @@ fn only_urls_that_look_like_credentials_are_warned_about() {
         assert!(url_holds_secret(secret), "{secret}");
     }
 }
+
+/// Each duration and size with the text before its key, a value just under its range, its
+/// bounds, and a value just over.
+const RANGES: &[(&str, &str, [&str; 4])] = &[
+    (
+        "[storage]",
+        "max_age",
+        ["\"999ms\"", "\"1s\"", "\"3650d\"", "\"3651d\""],
+    ),
+    (
+        "[storage]",
+        "max_bytes",
+        ["\"4095\"", "\"4KiB\"", "\"1TiB\"", "1099511627777"],
+    ),
+    (
+        "[storage]",
+        "max_events",
+        ["0", "1", "100000000", "100000001"],
+    ),
+    (
+        "[storage]",
+        "max_dead_letters",
+        ["0", "1", "100000000", "100000001"],
+    ),
+    (
+        "[ingest]",
+        "max_event_bytes",
+        ["255", "256", "\"1MiB\"", "1048577"],
+    ),
+    ("[ingest]", "max_connections", ["0", "1", "65536", "65537"]),
+    (
+        "[inventory]",
+        "interval",
+        ["\"999ms\"", "\"1s\"", "\"30d\"", "\"31d\""],
+    ),
+    (
+        "[inventory]",
+        "script_timeout",
+        ["\"9ms\"", "\"10ms\"", "\"1d\"", "\"25h\""],
+    ),
+    (
+        "[daemon]",
+        "shutdown_timeout",
+        ["\"99ms\"", "\"100ms\"", "\"1h\"", "\"61m\""],
+    ),
+    (
+        MQTT_SINK,
+        "timeout",
+        ["\"99ms\"", "\"100ms\"", "\"1d\"", "\"25h\""],
+    ),
+    (
+        MQTT_SINK,
+        "keep_alive",
+        ["\"4s\"", "\"5s\"", "\"65535s\"", "\"65536s\""],
+    ),
+    (
+        RETRY,
+        "initial",
+        ["\"9ms\"", "\"10ms\"", "\"1d\"", "\"25h\""],
+    ),
+    (
+        RETRY_FROM_10MS,
+        "max",
+        ["\"9ms\"", "\"10ms\"", "\"1d\"", "\"25h\""],
+    ),
+];
+const MQTT_SINK: &str = "[[sink]]\nname = \"m\"\nurl = \"mqtt://broker:1883\"";
+const RETRY: &str =
+    "[[sink]]\nname = \"m\"\nurl = \"mqtt://broker:1883\"\n[sink.retry]\nmax = \"1d\"";
+const RETRY_FROM_10MS: &str =
+    "[[sink]]\nname = \"m\"\nurl = \"mqtt://broker:1883\"\n[sink.retry]\ninitial = \"10ms\"";
+
+#[test]
+fn every_duration_and_size_outside_its_range_is_refused_at_its_value() {
+    for (before, key, [under, low, high, over]) in RANGES {
+        let text = |value: &str| {
+            let signing = if before.contains("[[sink]]") {
+                "[sink.signing]\nscheme = \"none\"\n"
+            } else {
+                ""
+            };
+            format!("{before}\n{key} = {value}\n{signing}")
+        };
+        for ok in [low, high] {
+            assert!(
+                parse(&text(ok)).is_ok(),
+                "{key} = {ok}: {:?}",
+                parse(&text(ok))
+            );
+        }
+        let at = format!(
+            "/etc/edgehook/edgehook.toml:{}:{}: ",
+            before.lines().count() + 1,
+            key.len() + 4
+        );
+        for bad in [under, over] {
+            let p = problems(&text(bad));
+            let range = p
+                .iter()
+                .find(|p| p.contains("must be between"))
+                .unwrap_or_else(|| panic!("{key} = {bad}: {p:?}"));
+            assert!(
+                range.starts_with(&at),
+                "{key} = {bad}: {range} (expected {at})"
+            );
+            assert!(range.contains(&format!("{key}` must")), "{range}");
+        }
+    }
+}
+
+#[test]
+fn the_durations_of_the_issue_are_refused_not_wrapped() {
+    for text in [
+        "[storage]\nmax_age = \"1000000000y\"\n",
+        "[storage]\nmax_age = \"0s\"\n",
+        "[[sink]]\nname = \"a\"\nurl = \"https://x/\"\ntimeout = \"300000000000y\"\n[sink.signing]\nscheme = \"none\"\n",
+    ] {
+        let p = problems(text);
+        assert!(p[0].contains("must be between"), "{}", p[0]);
+    }
+}

@@ -1,7 +1,8 @@
 //! Durations (`500ms`, `10s`, `5m`, `1h`, `7d`) and sizes (`256MiB`, `65536`) as they are
-//! written in the config file.
+//! written in the config file, and the arithmetic on durations that can neither panic nor
+//! wrap (`later`, `millis`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, de};
 
@@ -58,9 +59,51 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         })
 }
 
+/// What a deadline too far to compute is taken as: about thirty years on.
+const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// `from + d`, or about thirty years after `from` where the sum would overflow: a configured
+/// duration makes a deadline, never a panic, whatever its range allows.
+pub fn later(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .or_else(|| from.checked_add(FAR))
+        .unwrap_or(from)
+}
+
+/// `later` on tokio's clock.
+pub fn later_tokio(from: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(later(from.into_std(), d))
+}
+
+/// `d` in whole milliseconds, `u64::MAX` for a longer one.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `d` in whole milliseconds, `i64::MAX` for a longer one (292 million years).
+pub fn millis_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_and_milliseconds_of_any_duration_neither_panic_nor_wrap() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(later(now, Duration::MAX) >= now + Duration::from_secs(86_400 * 365));
+        let t = tokio::time::Instant::now();
+        assert!(later_tokio(t, Duration::MAX) > t);
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        assert_eq!(millis_i64(Duration::MAX), i64::MAX);
+        assert_eq!(millis_i64(Duration::from_secs(u64::MAX / 1000)), i64::MAX);
+    }
 
     #[test]
     fn durations_in_every_unit_the_spec_names_parse() {

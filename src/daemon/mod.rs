@@ -296,7 +296,10 @@ async fn serve(
         }
     }
     log::info!("Stopping: no new events are taken");
-    let deadline = supervisor.stop(Instant::now() + supervisor.shutdown_timeout());
+    let deadline = supervisor.stop(crate::config::units::later(
+        Instant::now(),
+        supervisor.shutdown_timeout(),
+    ));
     cancel_device.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
     // Requests not yet routed are dropped, which answers them "the daemon is stopping", and a

@@ -188,7 +188,10 @@ impl Supervisor {
     /// Stops the sinks (now with the running config's timeout, unless [`Supervisor::stop`]
     /// was called) and waits for them until the deadline; returns the deadline.
     pub fn finish(self) -> Instant {
-        let deadline = self.stop(Instant::now() + self.shutdown_timeout());
+        let deadline = self.stop(crate::config::units::later(
+            Instant::now(),
+            self.shutdown_timeout(),
+        ));
         // A reload caught midway starts its sinks before it sees the stop: a little slack.
         join_until(self.thread, deadline + Duration::from_secs(1));
         deadline
@@ -240,12 +243,10 @@ impl Sinks {
         commands.close();
         while commands.try_recv().is_ok() {}
         drop(self.shared.take_reloads());
-        let deadline = self
-            .shared
-            .stop
-            .get()
-            .copied()
-            .unwrap_or_else(|| Instant::now() + self.shutdown_timeout);
+        let deadline =
+            self.shared.stop.get().copied().unwrap_or_else(|| {
+                crate::config::units::later(Instant::now(), self.shutdown_timeout)
+            });
         stop_all(std::mem::take(&mut self.running), deadline);
     }
 
@@ -312,7 +313,7 @@ impl Sinks {
         };
         stop_all(
             std::mem::take(&mut self.running),
-            Instant::now() + self.shutdown_timeout,
+            crate::config::units::later(Instant::now(), self.shutdown_timeout),
         );
         if self.shared.stopping() {
             return Err(stopping());
@@ -348,7 +349,7 @@ impl Sinks {
             .outbox
             .redeliver_blocking(which)
             .map_err(|_| Refusal::new("internal", "storage error: nothing was redelivered"))?;
-        let deadline = Instant::now() + self.shutdown_timeout;
+        let deadline = crate::config::units::later(Instant::now(), self.shutdown_timeout);
         for runner in std::mem::take(&mut self.running) {
             if !done.sinks.iter().any(|n| n == runner.name()) {
                 self.running.push(runner);

@@ -17,6 +17,10 @@ pub struct OutboxReport {
     pub event_bytes: i64,
     /// Events dropped to make room.
     pub dropped: i64,
+    /// Events expired by `max_age` (each became a dead letter).
+    pub expired: i64,
+    /// Dead letters removed (past `max_age` or over `max_dead_letters`).
+    pub dead_letters_trimmed: i64,
     /// Every sink the outbox has a queue for.
     pub sinks: Vec<SinkReport>,
 }
@@ -124,6 +128,8 @@ fn read_inside(conn: &Connection) -> rusqlite::Result<OutboxReport> {
         events: meta(conn, "event_count")?.unwrap_or(0),
         event_bytes: meta(conn, "event_bytes")?.unwrap_or(0),
         dropped: meta(conn, "dropped")?.unwrap_or(0),
+        expired: meta(conn, "expired")?.unwrap_or(0),
+        dead_letters_trimmed: meta(conn, "dead_letters_trimmed")?.unwrap_or(0),
         sinks,
     })
 }

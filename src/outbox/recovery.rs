@@ -41,7 +41,7 @@ impl Store {
         (
             self.events,
             self.bytes,
-            self.dropped,
+            self.lost.clone(),
             self.sinks.clone(),
             self.decommissioned,
         )
@@ -52,7 +52,7 @@ impl Store {
         (
             self.events,
             self.bytes,
-            self.dropped,
+            self.lost,
             self.sinks,
             self.decommissioned,
         ) = snapshot;

@@ -62,6 +62,10 @@ const UNRECORDED_KEEP: usize = 100_000;
 /// How often writes are tried again while the disk is full.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// The reason of a dead letter made by `max_age`, whether the outbox's sweep or a sink
+/// (`Shared::expired` in `sinks`, which writes the same) found the delivery too old.
+const EXPIRED: &str = "expired";
+
 /// Attempts kept for `edgehook activity`, over all sinks; older ones are trimmed in steps.
 pub(super) const ACTIVITY_KEEP: i64 = 10_000;
 
@@ -85,7 +89,8 @@ pub(super) struct Store {
     limits: Storage,
     events: i64,
     bytes: i64,
-    dropped: i64,
+    /// What was dropped, expired or trimmed, and this batch's losses to log.
+    lost: Lost,
     counts_dirty: bool,
     sinks: BTreeMap<SinkId, SinkRow>,
     dirty: BTreeSet<SinkId>,
@@ -122,11 +127,15 @@ pub(super) struct Store {
 
 #[path = "delivered.rs"]
 pub(super) mod delivered;
+#[path = "losses.rs"]
+mod losses;
 #[path = "recovery.rs"]
 mod recovery;
 
+use losses::{Lost, Named, Reason};
+
 /// The in-memory counters, kept to be restored when a transaction is rolled back.
-type Snapshot = (i64, i64, i64, BTreeMap<SinkId, SinkRow>, bool);
+type Snapshot = (i64, i64, Lost, BTreeMap<SinkId, SinkRow>, bool);
 
 fn meta_get<T: rusqlite::types::FromSql>(
     conn: &Connection,
@@ -187,7 +196,13 @@ impl Store {
         };
         let events = meta_get(&conn, "event_count").map_err(err)?.unwrap_or(0);
         let bytes = meta_get(&conn, "event_bytes").map_err(err)?.unwrap_or(0);
-        let dropped = meta_get(&conn, "dropped").map_err(err)?.unwrap_or(0);
+        let lost = Lost::counted(
+            meta_get(&conn, "dropped").map_err(err)?.unwrap_or(0),
+            meta_get(&conn, "expired").map_err(err)?.unwrap_or(0),
+            meta_get(&conn, "dead_letters_trimmed")
+                .map_err(err)?
+                .unwrap_or(0),
+        );
         let any_supplied = conn
             .query_row("SELECT EXISTS (SELECT 1 FROM supplied_ids)", [], |r| {
                 r.get(0)
@@ -200,7 +215,7 @@ impl Store {
             limits: limits.clone(),
             events,
             bytes,
-            dropped,
+            lost,
             counts_dirty: false,
             sinks: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -302,6 +317,7 @@ impl Store {
                 published.set_rested(true);
             }
         }
+        self.lost.log(true);
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     }
 
@@ -500,11 +516,12 @@ impl Store {
                 self.record_alone(reports);
             }
         }
+        self.lost.log(false);
         self.note_space(no_space, stored_any && failure.is_none());
         if transaction {
             published.committed();
         }
-        published.set_expirable(!self.nothing_to_expire());
+        published.set_expirable(!self.nothing_to_expire() || self.lost.waiting());
         let totals = self.totals();
         for a in answers {
             match a {
@@ -608,7 +625,7 @@ impl Store {
             events: self.events,
             pending: self.sinks.values().map(|s| s.pending).sum(),
             dead: self.sinks.values().map(|s| s.dead).sum(),
-            dropped: self.dropped,
+            dropped: self.lost.dropped,
         }
     }
 
@@ -728,14 +745,32 @@ impl Store {
         }))
     }
 
-    /// Removes the oldest event with everything that refers to it. False when there is none.
+    /// Removes the oldest event of a local application with everything that refers to it, or
+    /// the oldest of edgehook's own events (`BUILT_IN_TYPES`: the device's lifecycle and
+    /// inventory) when no local application's is left. False when there is none.
     fn drop_oldest(&mut self) -> rusqlite::Result<bool> {
-        let oldest: Option<(i64, String, i64)> = self
+        // The statement below names one parameter for each of edgehook's own types.
+        const _: () = assert!(crate::event::BUILT_IN_TYPES.len() == 5);
+        let own = rusqlite::params_from_iter(crate::event::BUILT_IN_TYPES);
+        let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+        let mut oldest: Option<(i64, String, String, i64)> = self
             .conn
-            .prepare_cached("SELECT seq, id, length(body) FROM events ORDER BY seq LIMIT 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached(
+                "SELECT seq, id, type, length(body) FROM events
+                 WHERE type NOT IN (?1, ?2, ?3, ?4, ?5) ORDER BY seq LIMIT 1",
+            )?
+            .query_row(own, row)
             .optional()?;
-        let Some((seq, id, len)) = oldest else {
+        if oldest.is_none() {
+            oldest = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq, id, type, length(body) FROM events ORDER BY seq LIMIT 1",
+                )?
+                .query_row([], row)
+                .optional()?;
+        }
+        let Some((seq, id, event_type, len)) = oldest else {
             return Ok(false);
         };
         let sink_ids: Vec<SinkId> = self.sinks.keys().copied().collect();
@@ -756,8 +791,14 @@ impl Store {
             }
         }
         self.forget_event(seq, len)?;
-        self.dropped += 1;
-        log::warn!(event_id = id.as_str(); "Outbox full: dropped the oldest undelivered event {id}");
+        self.lose(
+            Reason::OutboxFull,
+            Some(Named {
+                id,
+                event_type,
+                sink: None,
+            }),
+        );
         Ok(true)
     }
 
@@ -956,6 +997,10 @@ impl Store {
                 "INSERT OR REPLACE INTO dead_letters (sink, seq, attempts, reason, dead_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![sink, seq, attempts, reason, at_ms + self.offset_ms])?;
+        if reason == EXPIRED {
+            let named = self.named(sink, seq)?;
+            self.lose(Reason::Expired, named);
+        }
         let row = self.sinks.entry(sink).or_default();
         row.pending -= 1;
         row.dead += 1;
@@ -970,7 +1015,7 @@ impl Store {
                 .query_map(params![sink, over], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             for old in oldest {
-                self.forget_dead(sink, old)?;
+                self.forget_dead(sink, old, Reason::DeadLettersFull)?;
             }
         }
         Ok(())
@@ -1063,7 +1108,34 @@ impl Store {
         Ok(())
     }
 
-    fn forget_dead(&mut self, sink: SinkId, seq: i64) -> rusqlite::Result<()> {
+    /// Counts a loss (`losses`), to be logged once the batch commits.
+    fn lose(&mut self, reason: Reason, named: Option<Named>) {
+        self.lost.add(reason, named);
+        self.counts_dirty = true;
+    }
+
+    /// The event `seq` and sink `sink` as a loss is logged, when it will be one by one.
+    fn named(&mut self, sink: SinkId, seq: i64) -> rusqlite::Result<Option<Named>> {
+        if !self.lost.room() {
+            return Ok(None);
+        }
+        self.conn
+            .prepare_cached(
+                "SELECT e.id, e.type, s.name FROM events e, sinks s WHERE e.seq = ?1 AND s.id = ?2",
+            )?
+            .query_row(params![seq, sink], |r| {
+                Ok(Named {
+                    id: r.get(0)?,
+                    event_type: r.get(1)?,
+                    sink: Some(r.get(2)?),
+                })
+            })
+            .optional()
+    }
+
+    /// Removes a dead letter for `reason`, counted and logged as lost.
+    fn forget_dead(&mut self, sink: SinkId, seq: i64, reason: Reason) -> rusqlite::Result<()> {
+        let named = self.named(sink, seq)?;
         let n = self
             .conn
             .prepare_cached("DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2")?
@@ -1072,6 +1144,7 @@ impl Store {
             self.sinks.entry(sink).or_default().dead -= 1;
             self.dirty.insert(sink);
             self.unref(seq)?;
+            self.lose(reason, named);
         }
         Ok(())
     }
@@ -1080,7 +1153,9 @@ impl Store {
         if self.nothing_to_expire() {
             return Ok(());
         }
-        let cutoff = now_ms + self.offset_ms - self.limits.max_age.as_millis() as i64;
+        let cutoff = now_ms
+            .saturating_add(self.offset_ms)
+            .saturating_sub(crate::config::units::millis_i64(self.limits.max_age));
         let old: Vec<i64> = self
             .conn
             .prepare_cached(
@@ -1097,7 +1172,7 @@ impl Store {
                     .query_row(params![sink, seq], |r| r.get(0))
                     .optional()?;
                 if let Some(attempts) = attempts {
-                    self.bury(sink, seq, now_ms, "expired", attempts, None)?;
+                    self.bury(sink, seq, now_ms, EXPIRED, attempts, None)?;
                 }
             }
         }
@@ -1107,7 +1182,7 @@ impl Store {
             .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         for (sink, seq) in stale {
-            self.forget_dead(sink, seq)?;
+            self.forget_dead(sink, seq, Reason::DeadLetterExpired)?;
         }
         Ok(())
     }
@@ -1147,7 +1222,9 @@ impl Store {
                 .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
             stmt.execute(params!["event_count", self.events])?;
             stmt.execute(params!["event_bytes", self.bytes])?;
-            stmt.execute(params!["dropped", self.dropped])?;
+            stmt.execute(params!["dropped", self.lost.dropped])?;
+            stmt.execute(params!["expired", self.lost.expired])?;
+            stmt.execute(params!["dead_letters_trimmed", self.lost.trimmed])?;
             self.counts_dirty = false;
         }
         for id in std::mem::take(&mut self.dirty) {

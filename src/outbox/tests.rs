@@ -336,6 +336,7 @@ fn expiry_turns_old_deliveries_into_dead_letters_and_later_ages_them_out() {
         (r.sinks[0].pending, r.sinks[0].dead_letters, r.events),
         (0, 1, 1)
     );
+    assert_eq!((r.expired, r.dead_letters_trimmed), (2, 1));
 }
 
 #[test]
@@ -387,6 +388,48 @@ fn dead_letters_are_bounded_per_sink() {
     close(outbox, thread);
     let r = report(dir.path());
     assert_eq!((r.sinks[0].dead_letters, r.events), (2, 2));
+    assert_eq!(r.dead_letters_trimmed, 2);
+}
+
+#[test]
+fn drop_oldest_drops_local_events_before_the_devices_own_and_those_only_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "max_events = 3", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let types = |outbox: &Outbox| -> Vec<String> {
+        let left = outbox.fetch_blocking(ids[0], 0, 100).unwrap();
+        left.iter().map(|d| d.event_type().to_string()).collect()
+    };
+    outbox
+        .append_blocking(event(0, "device-provisioned"))
+        .unwrap();
+    outbox
+        .append_blocking(event(1, "device-status-changed"))
+        .unwrap();
+    for n in 2..6 {
+        outbox.append_blocking(event(n, "app.reading")).unwrap();
+    }
+    assert_eq!(
+        types(&outbox),
+        ["device-provisioned", "device-status-changed", "app.reading"]
+    );
+    // No local event left to drop: the oldest of the device's own goes.
+    outbox
+        .append_blocking(event(6, "devices-inventory-changed"))
+        .unwrap();
+    outbox
+        .append_blocking(event(7, "devices-inventory-changed"))
+        .unwrap();
+    assert_eq!(
+        types(&outbox),
+        [
+            "device-status-changed",
+            "devices-inventory-changed",
+            "devices-inventory-changed"
+        ]
+    );
+    close(outbox, thread);
+    assert_eq!(report(dir.path()).dropped, 5);
 }
 
 #[test]

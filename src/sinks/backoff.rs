@@ -13,7 +13,7 @@ pub fn full_jitter(
     rng: &mut impl Rng,
 ) -> Duration {
     let ceiling = ceiling(initial, max, failures);
-    let ms = ceiling.as_millis() as u64;
+    let ms = crate::config::units::millis(ceiling);
     Duration::from_millis(rng.random_range(0..=ms))
 }
 

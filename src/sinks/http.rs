@@ -317,7 +317,8 @@ impl HttpSink {
         let body = self.body(stored);
         let headers = self.headers(id, event_type, ts, &body);
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.spec.timeout;
+        let deadline =
+            crate::config::units::later_tokio(tokio::time::Instant::now(), self.spec.timeout);
         let exchanged = timeout_at(deadline, self.exchange(conn, &headers, &body, deadline))
             .await
             .unwrap_or_else(|_| {

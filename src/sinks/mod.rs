@@ -146,21 +146,20 @@ enum Refusal {
 impl Shared {
     /// The dead letter for `d` once it has outlived `max_age` (after `attempts` attempts).
     fn expired(&self, d: &Delivery, attempts: u32) -> Option<Report> {
-        (self.max_age_ms > 0 && clock::age_now_ms() - d.created_ms > self.max_age_ms).then(|| {
-            Report::Dead {
+        (self.max_age_ms > 0 && clock::age_now_ms().saturating_sub(d.created_ms) > self.max_age_ms)
+            .then(|| Report::Dead {
                 sink: self.id,
                 seq: d.seq,
                 at_ms: now_ms(),
                 reason: "expired".into(),
                 attempts,
                 measured: None,
-            }
-        })
+            })
     }
 
     /// The wait after one more failure in a row: full jitter up to `retry_max`.
     fn backoff(&self, failures_in_row: &mut u32, rng: &mut impl rand::Rng) -> Duration {
-        *failures_in_row += 1;
+        *failures_in_row = failures_in_row.saturating_add(1);
         let spec = &self.spec;
         backoff::full_jitter(spec.retry_initial, spec.retry_max, *failures_in_row, rng)
     }
@@ -286,7 +285,7 @@ impl SinkRunner {
             id,
             outbox,
             transport,
-            max_age_ms: max_age.as_millis() as i64,
+            max_age_ms: crate::config::units::millis_i64(max_age),
             device_id: device_id.to_string(),
             work,
             control: Wake::new(),
@@ -517,7 +516,7 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
             )
             .await;
         pool.put(conn);
-        attempts += 1;
+        attempts = attempts.saturating_add(1);
         let status = a.status.map_or(0, u64::from);
         let latency_ms = a.latency.as_millis() as u64;
         let measured = Measured {
@@ -570,7 +569,7 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
                         return;
                     }
                     Refusal::Retry(failed, wait) => {
-                        log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
+                        log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = crate::config::units::millis(wait);
                             "Sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id(), spec.max_attempts);
                         s.outbox.report(failed).await;
                         wait
@@ -583,7 +582,7 @@ async fn deliver(s: &Shared, http: &http::HttpSink, pool: &http::Pool, d: Delive
                     Some(r) => jitter.max(r.min(spec.retry_max)),
                     None => jitter,
                 };
-                log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = wait.as_millis() as u64;
+                log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, http_status = status, retry_in_ms = crate::config::units::millis(wait);
                     "Sink {} failed on event {} ({error}); retrying in {} ms", spec.name, d.id(), wait.as_millis());
                 s.outbox
                     .report(Report::Failed {

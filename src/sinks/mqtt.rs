@@ -451,11 +451,16 @@ impl Conn {
     /// When the connection next needs looking after: a ping to send, or an answer overdue.
     fn due(&self, oldest_unacknowledged: Option<Instant>) -> Option<tokio::time::Instant> {
         let ping = match self.ping_sent {
-            Some(at) => Some(at + self.timeout),
-            None if !self.keep_alive.is_zero() => Some(self.last_sent + self.keep_alive),
+            Some(at) => Some(crate::config::units::later_tokio(at, self.timeout)),
+            None if !self.keep_alive.is_zero() => Some(crate::config::units::later_tokio(
+                self.last_sent,
+                self.keep_alive,
+            )),
             None => None,
         };
-        let ack = oldest_unacknowledged.map(|at| tokio::time::Instant::from_std(at) + self.timeout);
+        let ack = oldest_unacknowledged.map(|at| {
+            tokio::time::Instant::from_std(crate::config::units::later(at, self.timeout))
+        });
         match (ping, ack) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -472,7 +477,10 @@ impl Conn {
                 humantime::format_duration(self.timeout)
             )
         };
-        if self.ping_sent.is_some_and(|at| now >= at + self.timeout) {
+        if self
+            .ping_sent
+            .is_some_and(|at| now >= crate::config::units::later_tokio(at, self.timeout))
+        {
             return Err(overdue("ping"));
         }
         if oldest_unacknowledged.is_some_and(|at| at.elapsed() >= self.timeout) {
@@ -480,7 +488,7 @@ impl Conn {
         }
         if self.ping_sent.is_none()
             && !self.keep_alive.is_zero()
-            && now >= self.last_sent + self.keep_alive
+            && now >= crate::config::units::later_tokio(self.last_sent, self.keep_alive)
         {
             wire::pingreq(&mut self.out);
             self.ping_sent = Some(now);
@@ -594,9 +602,9 @@ async fn connect_loop(s: &Shared, sink: &MqttSink) {
             Err(e) => End::Lost(e),
         };
         let End::Lost(error) = end else { return };
-        failures += 1;
+        failures = failures.saturating_add(1);
         let wait = backoff::full_jitter(spec.retry_initial, spec.retry_max, failures, &mut rng);
-        log::warn!(sink = spec.name.as_str(), retry_in_ms = wait.as_millis() as u64;
+        log::warn!(sink = spec.name.as_str(), retry_in_ms = crate::config::units::millis(wait);
             "Sink {}: {error}; reconnecting in {} ms", spec.name, wait.as_millis());
         s.outbox
             .report(Report::Trouble {
@@ -902,7 +910,7 @@ impl<'a> Session<'a> {
             code: Some(code.into()),
             latency_ms,
         };
-        let attempts = d.attempts + 1;
+        let attempts = d.attempts.saturating_add(1);
         let error = format!("MQTT reason {name}");
         let refusal = s.refusal(
             &d,
@@ -921,12 +929,15 @@ impl<'a> Session<'a> {
             }
             Refusal::Retry(failed, wait) => (failed, wait),
         };
-        log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = wait.as_millis() as u64;
+        log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = crate::config::units::millis(wait);
             "The broker of sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id(), spec.max_attempts);
         s.outbox.report(failed).await;
         let mut d = d;
         d.attempts = attempts;
         self.queued.push_front(d);
-        self.hold_until = Some(tokio::time::Instant::now() + wait);
+        self.hold_until = Some(crate::config::units::later_tokio(
+            tokio::time::Instant::now(),
+            wait,
+        ));
     }
 }

@@ -102,7 +102,7 @@ impl DeviceSource {
             let _ = self.refresh_inventory().await;
         }
         let mut tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.inventory.interval,
+            crate::config::units::later_tokio(tokio::time::Instant::now(), self.inventory.interval),
             self.inventory.interval,
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,7 +136,10 @@ impl DeviceSource {
         self.device = config.device.clone();
         if config.inventory.interval != self.inventory.interval {
             *tick = tokio::time::interval_at(
-                tokio::time::Instant::now() + config.inventory.interval,
+                crate::config::units::later_tokio(
+                    tokio::time::Instant::now(),
+                    config.inventory.interval,
+                ),
                 config.inventory.interval,
             );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

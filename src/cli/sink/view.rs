@@ -185,11 +185,11 @@ fn describe(s: &SinkSpec) -> Value {
         },
         "slack": slack,
         "mqtt": mqtt,
-        "timeout_ms": s.timeout.as_millis() as u64,
+        "timeout_ms": crate::config::units::millis(s.timeout),
         "max_in_flight": s.max_in_flight,
         "retry": {
-            "initial_ms": s.retry_initial.as_millis() as u64,
-            "max_ms": s.retry_max.as_millis() as u64,
+            "initial_ms": crate::config::units::millis(s.retry_initial),
+            "max_ms": crate::config::units::millis(s.retry_max),
             "max_attempts": s.max_attempts,
         },
     })

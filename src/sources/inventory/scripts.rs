@@ -81,7 +81,7 @@ pub fn run(script: &Path, timeout: Duration, cancel: &AtomicBool) -> Result<Vec<
         let err = err_reader.join().unwrap_or_default();
         let _ = tx.send((out, err));
     });
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::config::units::later(Instant::now(), timeout);
     let finished = loop {
         let now = Instant::now();
         if now >= deadline || cancel.load(Ordering::Relaxed) {
