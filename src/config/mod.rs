@@ -22,7 +22,7 @@ use std::time::Duration;
 pub use file::{Durability, LogLevel, WhenFull};
 pub use mqtt::{MqttSpec, check_template, fill};
 pub use signing::SecretSource;
-pub use sink::{SinkKind, SinkSpec, display_url, valid_name};
+pub use sink::{SinkKind, SinkSpec, display_url, is_loopback_url, valid_name};
 
 /// The default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/edgehook/edgehook.toml";
