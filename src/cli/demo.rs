@@ -64,11 +64,11 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         .map_err(|e| fail(e.to_string()))?;
     std::fs::write(&config_path, &config_text).map_err(|e| fail(e.to_string()))?;
     let config = Config::load(&config_path)?;
-    println!("edgehook demo");
-    println!("  outbox    {}", config.storage.path.display());
-    println!("  socket    {}", config.ingest.socket.display());
-    println!("  receiver  {url} (Standard Webhooks, verifying every request)");
-    println!();
+    outln!("edgehook demo");
+    outln!("  outbox    {}", config.storage.path.display());
+    outln!("  socket    {}", config.ingest.socket.display());
+    outln!("  receiver  {url} (Standard Webhooks, verifying every request)");
+    outln!();
 
     let (got_tx, got_rx) = mpsc::channel::<(String, String)>();
     let receiver = std::sync::Arc::new(receiver);
@@ -81,7 +81,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
                 let t = v["type"].as_str().unwrap_or("?").to_string();
                 got_tx.send((id, t)).is_ok()
             },
-            |why| println!("  ✗ receiver refused a request: {why}"),
+            |why| outln!("  ✗ receiver refused a request: {why}"),
         )
     });
 
@@ -121,10 +121,10 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
             match client.call(&serde_json::json!({"type": t, "data": data}))? {
                 Reply::Ok(v) => {
                     let id = v["id"].as_str().unwrap_or_default().to_string();
-                    println!("  → emitted   {t:<20} {id}  (stored durably, then acknowledged)");
+                    outln!("  → emitted   {t:<20} {id}  (stored durably, then acknowledged)");
                     sent_at.insert(id, Instant::now());
                 }
-                Reply::Err { code, error } => println!("  ✗ emit refused: {code}: {error}"),
+                Reply::Err { code, error } => outln!("  ✗ emit refused: {code}: {error}"),
             }
             emitted += 1;
         }
@@ -136,13 +136,11 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
                 Some(at) => {
                     received += 1;
                     let ms = at.elapsed().as_millis();
-                    println!("  ✓ received  {t:<20} {id}  signature verified, {ms} ms after emit");
+                    outln!("  ✓ received  {t:<20} {id}  signature verified, {ms} ms after emit");
                 }
                 None => {
                     own += 1;
-                    println!(
-                        "  ✓ received  {t:<20} {id}  signature verified (edgehook's own event)"
-                    );
+                    outln!("  ✓ received  {t:<20} {id}  signature verified (edgehook's own event)");
                 }
             }
             if done(received, own) {
@@ -163,8 +161,8 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         .map_err(|_| fail("the daemon thread panicked".into()))?;
     let _ = recv_thread.join();
     daemon_result?;
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{received} of {emitted} events delivered, and {own} of edgehook's own (device-provisioned, devices-inventory-changed), each signed with Standard Webhooks and verified."
     );
     let _ = std::fs::remove_dir_all(&dir);

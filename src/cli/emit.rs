@@ -68,7 +68,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
     client.send_raw(&line)?;
     match client.recv()? {
         Reply::Ok(v) => {
-            println!("{}", v["id"].as_str().unwrap_or_default());
+            outln!("{}", v["id"].as_str().unwrap_or_default());
             Ok(Code::Ok)
         }
         Reply::Err { code, error } => Err(super::exit::refused(&code, &error)),

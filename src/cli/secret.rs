@@ -30,6 +30,6 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     let scheme: Scheme = scheme
         .parse()
         .map_err(|e: String| Failure::new(Code::Usage, e))?;
-    println!("{}", generate_secret(scheme));
+    outln!("{}", generate_secret(scheme));
     Ok(Code::Ok)
 }

@@ -55,14 +55,14 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         .map_or(0, |d| d.as_secs());
     match verify(scheme, &a.secret, &headers, &body, now, a.tolerance) {
         Ok(()) => {
-            println!("valid");
+            outln!("valid");
             Ok(Code::Ok)
         }
         Err(crate::sinks::signing::VerifyError::BadSecret(m)) => {
             Err(Failure::new(Code::Usage, format!("--secret: {m}")))
         }
         Err(e) => {
-            println!("invalid: {e}");
+            outln!("invalid: {e}");
             Ok(Code::CheckFailed)
         }
     }

@@ -36,11 +36,11 @@ pub(super) fn list(config_path: &Path, a: ListArgs) -> Result<Code, Failure> {
     let config = crate::cli::load(config_path)?;
     if a.json {
         let sinks: Vec<Value> = config.sinks.iter().map(describe).collect();
-        println!("{}", json!({ "sinks": sinks }));
+        outln!("{}", json!({ "sinks": sinks }));
         return Ok(Code::Ok);
     }
     if config.sinks.is_empty() {
-        println!("No sinks in {} or its sinks.d.", config.path.display());
+        outln!("No sinks in {} or its sinks.d.", config.path.display());
         return Ok(Code::Ok);
     }
     let mut t = Table::new(&[
@@ -69,7 +69,7 @@ pub(super) fn list(config_path: &Path, a: ListArgs) -> Result<Code, Failure> {
             s.description.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(Code::Ok)
 }
 
@@ -93,14 +93,14 @@ pub(super) fn show(config_path: &Path, a: ShowArgs) -> Result<Code, Failure> {
         if let Some(secret) = secret {
             doc["signing"]["revealed_secret"] = json!(secret);
         }
-        println!("{doc}");
+        outln!("{doc}");
         return Ok(Code::Ok);
     }
     for (label, value) in lines(&config, spec) {
-        println!("{label:<13}{value}");
+        outln!("{label:<13}{value}");
     }
     if let Some(secret) = secret {
-        println!("{:<13}{secret}", "secret");
+        outln!("{:<13}{secret}", "secret");
     }
     Ok(Code::Ok)
 }

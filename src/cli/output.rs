@@ -1,0 +1,23 @@
+//! A command's output on standard output. Every command keeps SIGPIPE ignored, as Rust's
+//! runtime sets it: the daemon, `receive`, `demo`, `test` and the socket's clients talk over
+//! sockets, where a peer that goes away must be an error they report (EPIPE), not a signal that
+//! kills the process mid-write. So a reader that goes away (`edgehook status | head -1`) shows
+//! up here as EPIPE, and ends the command at once, with exit 0 and nothing on stderr: the rest
+//! of its output was not wanted. (`println!` panics there.)
+
+use std::io::Write;
+
+use super::exit::Code;
+
+/// Writes `args` to standard output; when the reader has gone, ends the process quietly.
+/// Used through `out!` and `outln!`.
+pub fn write(args: std::fmt::Arguments<'_>) {
+    let written = std::io::stdout().lock().write_fmt(args);
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(Code::Ok as i32);
+        }
+        eprintln!("edgehook: error: cannot write to standard output: {e}");
+        std::process::exit(Code::IoErr as i32);
+    }
+}
