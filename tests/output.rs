@@ -62,17 +62,28 @@ fn run_read_by(
         .arg("--config")
         .arg(&setup.config)
         .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("edgehook starts");
+        .spawn_piped();
     let mut stderr = child.stderr.take().expect("stderr");
     reader(child.stdout.take().expect("stdout"));
     let mut err = String::new();
     stderr.read_to_string(&mut err).expect("stderr read");
     let code = wait_within(&mut child, COMMAND_LIMIT);
     (code, err)
+}
+
+/// Spawns a command with no input and its output and errors piped to the test.
+trait SpawnPiped {
+    fn spawn_piped(&mut self) -> std::process::Child;
+}
+
+impl SpawnPiped for std::process::Command {
+    fn spawn_piped(&mut self) -> std::process::Child {
+        self.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("edgehook starts")
+    }
 }
 
 /// Waits for `child` to exit, killing it and failing after `limit`.
@@ -195,4 +206,60 @@ fn a_missing_config_file_is_named_once_with_its_cause_and_a_hint() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn receive_stops_quietly_once_its_reader_has_gone() {
+    let mut recv = edgehook()
+        .args(["receive", "--listen", "127.0.0.1:0", "--secret", SECRET])
+        .spawn_piped();
+    let mut err = BufReader::new(recv.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the address")
+        .to_string();
+    let setup = Setup::new(&http_sink("receive", &url, SECRET, ""));
+    let _daemon = setup.start();
+    let mut out = BufReader::new(recv.stdout.take().unwrap());
+    emit_one(&setup.socket(), "sensor.reading", json!({ "n": 0 }));
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("sensor.reading"), "{line}");
+    drop(out);
+    for n in 1..3 {
+        emit_one(&setup.socket(), "sensor.reading", json!({ "n": n }));
+    }
+    let code = wait_within(&mut recv, COMMAND_LIMIT);
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert_eq!(code, Some(0), "{rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
+}
+
+#[test]
+fn demo_stops_cleanly_once_its_reader_has_gone_and_leaves_no_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut demo = edgehook()
+        .args(["demo", "--events", "50", "--every", "20ms"])
+        .env("TMPDIR", tmp.path())
+        .spawn_piped();
+    let mut out = BufReader::new(demo.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "edgehook demo");
+    drop(out);
+    let mut err = String::new();
+    demo.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let code = wait_within(&mut demo, COMMAND_LIMIT);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the demo left {left:?}");
 }

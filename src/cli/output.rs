@@ -12,12 +12,17 @@ use super::exit::Code;
 /// Writes `args` to standard output; when the reader has gone, ends the process quietly.
 /// Used through `out!` and `outln!`.
 pub fn write(args: std::fmt::Arguments<'_>) {
-    let written = std::io::stdout().lock().write_fmt(args);
-    if let Err(e) = written {
+    if let Err(e) = try_write(args) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(Code::Ok as i32);
         }
         eprintln!("edgehook: error: cannot write to standard output: {e}");
         std::process::exit(Code::IoErr as i32);
     }
+}
+
+/// Writes `args` to standard output, or says why it could not (for a command that has to
+/// clean up before it ends: `demo`).
+pub fn try_write(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    std::io::stdout().lock().write_fmt(args)
 }
