@@ -1,6 +1,7 @@
 //! What the commands print when the odd thing happens: the reader of their output goes away
 //! (`edgehook status | head -1`), the outbox holds a time past year 9999, the config file does
-//! not exist. No command panics; each ends with one clear line or quietly.
+//! not exist, the config sends a password in the clear. No command panics; each ends with one
+//! clear line or quietly.
 
 mod common;
 
@@ -262,4 +263,41 @@ fn demo_stops_cleanly_once_its_reader_has_gone_and_leaves_no_directory() {
     assert!(!err.contains("panicked"), "{err}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo left {left:?}");
+}
+
+#[test]
+fn a_password_over_plain_mqtt_is_warned_about_by_check_config_and_at_start() {
+    // Disabled: the warning is the config's, and nothing is sent anywhere.
+    let sink = |name: &str, url: &str| {
+        format!(
+            "[[sink]]\nname = \"{name}\"\nurl = \"{url}\"\nenabled = false\nusername = \"u\"\npassword = \"p\"\n[sink.signing]\nscheme = \"none\"\n"
+        )
+    };
+    let setup = Setup::new(&format!(
+        "{}{}{}",
+        sink("plain", "MQTT://broker.example.com:1883"),
+        sink("tls", "mqtts://broker.example.com"),
+        sink("local", "mqtt://127.0.0.1:1883")
+    ));
+    let warning = "Sink plain sends its MQTT password over plain mqtt:// to broker.example.com";
+    let out = run(&setup.config, &["check-config"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("plain mqtt://"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert!(
+        warned[0].starts_with("warning: ") && warned[0].contains(warning),
+        "{stderr}"
+    );
+    let daemon = setup.start();
+    let log = daemon.log();
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("plain mqtt://"))
+        .collect();
+    assert_eq!(logged.len(), 1, "{log}");
+    assert!(logged[0].contains(warning), "{log}");
 }
