@@ -301,3 +301,28 @@ fn a_password_over_plain_mqtt_is_warned_about_by_check_config_and_at_start() {
     assert_eq!(logged.len(), 1, "{log}");
     assert!(logged[0].contains(warning), "{log}");
 }
+
+#[test]
+fn warnings_to_a_standard_error_that_has_gone_end_nothing_in_a_panic() {
+    let sink = |name: &str| {
+        format!(
+            "[[sink]]\nname = \"{name}\"\nurl = \"mqtt://broker.example.com:1883\"\nenabled = false\nusername = \"u\"\npassword = \"p\"\n[sink.signing]\nscheme = \"none\"\n"
+        )
+    };
+    // Two warnings, then the summary: stderr and stdout both into one pipe nobody reads.
+    let setup = Setup::new(&format!("{}{}", sink("a"), sink("b")));
+    for run in 0..scaled(5) {
+        let (read, write) = nix::unistd::pipe().expect("a pipe");
+        drop(read);
+        let status = edgehook()
+            .arg("--config")
+            .arg(&setup.config)
+            .arg("check-config")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write.try_clone().expect("a second descriptor")))
+            .stderr(Stdio::from(write))
+            .status()
+            .expect("edgehook runs");
+        assert_eq!(status.code(), Some(0), "run {run}: {status:?}");
+    }
+}

@@ -8,7 +8,7 @@ use crate::config::{Durability, WhenFull};
 pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
     let c = super::load(config_path)?;
     for w in &c.warnings {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     outln!("{}: OK", c.path.display());
     outln!(

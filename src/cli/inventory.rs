@@ -31,7 +31,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
     let config = super::load(config_path)?;
     let collected = inventory::collect(&config.inventory, &config.device, &AtomicBool::new(false));
     for w in &collected.warnings {
-        eprintln!("edgehook: warning: {w}");
+        errln!("edgehook: warning: {w}");
     }
     if a.json {
         let device_id = super::device_id(&config)?;

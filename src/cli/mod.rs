@@ -18,6 +18,14 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` for a command's errors and warnings: standard error gone, nothing is said
+/// (`output`).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_err(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod activity;
 mod check_config;
 mod dead_letters;

@@ -3,7 +3,9 @@
 //! sockets, where a peer that goes away must be an error they report (EPIPE), not a signal that
 //! kills the process mid-write. So a reader that goes away (`edgehook status | head -1`) shows
 //! up here as EPIPE, and ends the command at once, with exit 0 and nothing on stderr: the rest
-//! of its output was not wanted. (`println!` panics there.)
+//! of its output was not wanted. (`println!` panics there.) Errors and warnings go to standard
+//! error through `errln!`, which cannot fail: if standard error is gone, there is nowhere left
+//! to say anything (`eprintln!` panics there).
 
 use std::io::Write;
 
@@ -16,7 +18,9 @@ pub fn write(args: std::fmt::Arguments<'_>) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(Code::Ok as i32);
         }
-        eprintln!("edgehook: error: cannot write to standard output: {e}");
+        write_err(format_args!(
+            "edgehook: error: cannot write to standard output: {e}\n"
+        ));
         std::process::exit(Code::IoErr as i32);
     }
 }
@@ -25,4 +29,9 @@ pub fn write(args: std::fmt::Arguments<'_>) {
 /// clean up before it ends: `demo`).
 pub fn try_write(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
     std::io::stdout().lock().write_fmt(args)
+}
+
+/// Writes `args` to standard error, if it is still there. Used through `errln!`.
+pub fn write_err(args: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(args);
 }

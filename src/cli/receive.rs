@@ -60,7 +60,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     let v = verifier(a.secret, a.scheme.as_deref(), a.tolerance)?;
     let scheme = v.scheme;
     let receiver = Receiver::bind(&a.listen, v).map_err(|e| Failure::new(Code::Software, e))?;
-    eprintln!(
+    errln!(
         "edgehook receive: listening on http://{} ({} signatures)",
         receiver.addr(),
         scheme.name()
@@ -78,7 +78,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
             seen += 1;
             written.is_ok() && limit.is_none_or(|n| seen < n)
         },
-        |why| eprintln!("edgehook receive: {why}"),
+        |why| errln!("edgehook receive: {why}"),
     );
     Ok(Code::Ok)
 }

@@ -332,7 +332,7 @@ fn tell(reload: &Reload) {
         Reload::NotRunning => {
             outln!("The daemon is not running: the change applies when it starts.")
         }
-        Reload::Unknown(e) => eprintln!(
+        Reload::Unknown(e) => errln!(
             "edgehook: warning: the change is kept, but the daemon could not be asked to reload ({e}); reload it with `systemctl reload edgehook`"
         ),
     }
