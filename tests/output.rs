@@ -326,3 +326,40 @@ fn warnings_to_a_standard_error_that_has_gone_end_nothing_in_a_panic() {
         assert_eq!(status.code(), Some(0), "run {run}: {status:?}");
     }
 }
+
+#[test]
+fn a_device_created_past_year_9999_is_announced_not_aborted_on() {
+    let receiver = Receiver::ok();
+    // The device's own events go to the receiver, so its announcement can be read there.
+    let setup = Setup::new(&http_sink(
+        "cloud",
+        &receiver.url(),
+        SECRET,
+        "events = [\"*\"]",
+    ));
+    let mut daemon = setup.start();
+    wait_until(Duration::from_secs(30), "device-provisioned", || {
+        !of_type(&receiver, "device-provisioned").is_empty()
+    });
+    assert_eq!(daemon.terminate(), Some(0), "{}", daemon.log());
+    {
+        let conn = rusqlite::Connection::open(setup.db()).unwrap();
+        conn.execute_batch(
+            "UPDATE meta SET value = 253402300800000 WHERE key = 'created_ms';
+             DELETE FROM meta WHERE key = 'lifecycle';",
+        )
+        .unwrap();
+    }
+    let daemon = setup.start();
+    wait_until_or(
+        Duration::from_secs(30),
+        || of_type(&receiver, "device-provisioned").len() >= 2,
+        || daemon.log(),
+    );
+    let announced = of_type(&receiver, "device-provisioned").pop().unwrap();
+    assert_eq!(
+        announced["data"]["created_ts"], "+10000-01-01T00:00:00.000Z",
+        "{announced}"
+    );
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}

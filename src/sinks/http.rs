@@ -709,6 +709,11 @@ mod tests {
         assert!(!plain_to_remote("HTTPS://example.com/x"));
         assert!(!plain_to_remote("HTTP://LOCALHOST/x"));
         assert!(!plain_to_remote("HTTP://127.0.0.1:8080/x"));
+        // `HttpSink::new` matches the scheme as the http crate gives it: in lower case.
+        for (url, scheme) in [("HTTPS://x/", "https"), ("Http://x/", "http")] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(uri.scheme_str(), Some(scheme));
+        }
     }
 
     #[test]
