@@ -1,4 +1,7 @@
 //! The command line: argument definitions here, one file per command.
+// `println!` and `eprintln!` panic when their reader has gone: commands use `out!`, `outln!`
+// and `errln!` (`output`).
+#![warn(clippy::print_stdout, clippy::print_stderr)]
 
 /// `print!` for a command's output: a reader that has gone ends the command quietly
 /// (`output`).
