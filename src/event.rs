@@ -142,6 +142,42 @@ pub fn new_id() -> String {
         .to_string()
 }
 
+/// A Unix-ms time as RFC 3339 (UTC), for any time the outbox can hold: a year past 9999 (or
+/// before year 0) takes ISO 8601's expanded form, `+10000-01-01T00:00:00.000Z`, where
+/// `humantime` would panic.
+pub fn rfc3339_ms(ms: i64) -> String {
+    const DAY: i64 = 86_400_000;
+    let (year, month, day) = civil_from_days(ms.div_euclid(DAY));
+    let t = ms.rem_euclid(DAY);
+    let year = match year {
+        0..=9999 => format!("{year:04}"),
+        10_000.. => format!("+{year}"),
+        _ => format!("-{:04}", -year),
+    };
+    format!(
+        "{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t / 3_600_000,
+        t / 60_000 % 60,
+        t / 1000 % 60,
+        t % 1000
+    )
+}
+
+/// The proleptic Gregorian date (year, month, day) of the day `days` after 1970-01-01
+/// (Howard Hinnant's `civil_from_days`); exact for every `i64` day of an `i64` of ms.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 /// Builds an event entering the outbox now. `data` is valid JSON; insignificant white space is
 /// removed so the event is one compact line, everything else is kept as given.
 pub fn build(id: Option<String>, event_type: &str, data: &RawValue, now: SystemTime) -> NewEvent {
@@ -271,6 +307,28 @@ fn tokens(json: &str) -> impl Iterator<Item = (usize, u8, bool)> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_as_humantime_writes_them_and_past_its_range_too() {
+        let mut ms = 0i64;
+        while ms < 253_402_300_800_000 {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+            assert_eq!(
+                rfc3339_ms(ms),
+                humantime::format_rfc3339_millis(t).to_string()
+            );
+            ms += 997_651_234_567;
+        }
+        assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            rfc3339_ms(253_402_300_800_000),
+            "+10000-01-01T00:00:00.000Z"
+        );
+        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(-62_167_219_200_001), "-0001-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(i64::MAX), "+292278994-08-17T07:12:55.807Z");
+        assert_eq!(rfc3339_ms(i64::MIN), "-292275055-05-16T16:47:04.192Z");
+    }
 
     fn raw(s: &str) -> Box<RawValue> {
         serde_json::from_str(s).unwrap()

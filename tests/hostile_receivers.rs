@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::memory::{assert_growth_below, memory_from_now};
-use common::raw_server::{RawServer, Stream, answer_ok, hold, read_request};
+use common::raw_server::{RawServer, Stream, answer_ok, hold, read_request, serve_mqtt};
 use common::*;
 use edgehook::client::Reply;
 use serde_json::json;
@@ -377,30 +377,10 @@ struct Stingy {
 /// A broker that takes 3 publishes unacknowledged (CONNACK's Receive Maximum) and answers
 /// all it holds only after each read, so a client sending beyond the 3 would be seen doing it.
 fn stingy_broker(s: &mut dyn Stream, seen: &Mutex<Stingy>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let n = match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
+    serve_mqtt(s, |packets| {
         let mut unacknowledged = Vec::new();
         let mut answer = Vec::new();
-        // One whole packet at a time: its type, its remaining length, its body.
-        while let Some(&first) = buf.first() {
-            let (mut len, mut at) = (0usize, 1);
-            while let Some(&b) = buf.get(at) {
-                len |= usize::from(b & 0x7F) << (7 * (at - 1));
-                at += 1;
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
-            if buf.len() < at + len || buf.get(at - 1).is_none_or(|b| b & 0x80 != 0) {
-                break;
-            }
-            let body: Vec<u8> = buf.drain(..at + len).skip(at).collect();
+        for (first, body) in packets {
             match first >> 4 {
                 1 => answer.extend_from_slice(&[0x20, 6, 0, 0, 3, 0x21, 0, 3]),
                 3 if (first >> 1) & 3 == 1 => {
@@ -412,7 +392,7 @@ fn stingy_broker(s: &mut dyn Stream, seen: &Mutex<Stingy>) {
                     }
                 }
                 12 => answer.extend_from_slice(&[0xD0, 0]),
-                14 => return,
+                14 => return None,
                 _ => {}
             }
         }
@@ -422,10 +402,8 @@ fn stingy_broker(s: &mut dyn Stream, seen: &Mutex<Stingy>) {
         for pkid in unacknowledged {
             answer.extend_from_slice(&[0x40, 2, pkid[0], pkid[1]]);
         }
-        if s.write_all(&answer).is_err() {
-            return;
-        }
-    }
+        Some(answer)
+    });
 }
 
 #[test]

@@ -750,3 +750,35 @@ fn events_older_than_max_age_while_the_broker_is_down_become_dead_letters_not_me
     let got: Vec<String> = sub.events().iter().map(Message::event_id).collect();
     assert_eq!(got, [first, fresh], "no stale event was published");
 }
+
+#[test]
+fn a_broker_at_an_ipv6_literal_address_gets_every_event() {
+    if !mosquitto_available() {
+        return;
+    }
+    // Not a skip: a machine without IPv6 loopback cannot show this works, and says so.
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        panic!("this test needs the IPv6 loopback address ::1 (see `ip -6 addr`): {e}");
+    }
+    let setup = Setup::new("");
+    let broker = Broker::start_on(setup.dir.path(), "::1", "allow_anonymous true");
+    assert!(
+        broker.url().starts_with("mqtt://[::1]:"),
+        "{}",
+        broker.url()
+    );
+    setup.write_config(&mqtt_sink("broker", &broker.url(), ""));
+    let daemon = setup.start();
+    let ids = emit_pipelined(&setup.socket(), 0, 5, "sensor.reading", 64);
+    wait_until_or(
+        Duration::from_secs(30),
+        || setup.sink_status("broker")["delivered"] == ids.len(),
+        || format!("{}\n{}", setup.sink_status("broker"), daemon.log()),
+    );
+    let log = broker.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("New client connected from ::1") && l.contains("edgehook-")),
+        "{log}"
+    );
+}

@@ -48,11 +48,11 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
                 row,
             })
             .collect();
-        println!("{}", serde_json::json!({ "attempts": attempts }));
+        outln!("{}", serde_json::json!({ "attempts": attempts }));
         return Ok(Code::Ok);
     }
     if rows.is_empty() {
-        println!("No attempts yet.");
+        outln!("No attempts yet.");
         return Ok(Code::Ok);
     }
     let now = now_ms();
@@ -71,6 +71,6 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
             r.error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(Code::Ok)
 }

@@ -8,10 +8,10 @@ use crate::config::{Durability, WhenFull};
 pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
     let c = super::load(config_path)?;
     for w in &c.warnings {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
-    println!("{}: OK", c.path.display());
-    println!(
+    outln!("{}: OK", c.path.display());
+    outln!(
         "outbox   {} (durability {}, at most {} events / {} bytes, {} when full, max age {})",
         c.storage.path.display(),
         match c.storage.durability {
@@ -26,7 +26,7 @@ pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
         },
         humantime::format_duration(c.storage.max_age)
     );
-    println!(
+    outln!(
         "socket   {} (group {})",
         c.ingest.socket.display(),
         c.ingest.group
@@ -37,7 +37,7 @@ pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
         .iter()
         .map(|d| d.display().to_string())
         .collect();
-    println!(
+    outln!(
         "inventory {} built-ins, scripts from [{}], every {}, script timeout {}",
         if c.inventory.builtin {
             "with"
@@ -49,7 +49,7 @@ pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
         humantime::format_duration(c.inventory.script_timeout)
     );
     if c.sinks.is_empty() {
-        println!("sinks    none: events are acknowledged and not kept");
+        outln!("sinks    none: events are acknowledged and not kept");
     }
     for s in &c.sinks {
         let from = if s.file == c.path {
@@ -57,7 +57,7 @@ pub(super) fn run(config_path: &Path) -> Result<Code, Failure> {
         } else {
             format!(", from {}", s.file.display())
         };
-        println!(
+        outln!(
             "sink     {} {} {}: {} signing, format {}, events {}, max_in_flight {}{}{from}",
             s.name,
             s.transport(),

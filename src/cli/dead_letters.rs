@@ -66,11 +66,11 @@ pub(super) fn list(config_path: &Path, a: ListArgs) -> Result<Code, Failure> {
                 })
             })
             .collect();
-        println!("{}", json!({ "dead_letters": rows }));
+        outln!("{}", json!({ "dead_letters": rows }));
         return Ok(Code::Ok);
     }
     if rows.is_empty() {
-        println!("No dead letters.");
+        outln!("No dead letters.");
         return Ok(Code::Ok);
     }
     let now = now_ms();
@@ -85,7 +85,7 @@ pub(super) fn list(config_path: &Path, a: ListArgs) -> Result<Code, Failure> {
             d.reason.clone(),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(Code::Ok)
 }
 
@@ -134,7 +134,7 @@ pub(super) fn redeliver(config_path: &Path, a: RedeliverArgs) -> Result<Code, Fa
         let _ = thread.join();
         (done.count as u64, done.missing)
     };
-    println!("{count} dead letter(s) back in their queues");
+    outln!("{count} dead letter(s) back in their queues");
     if missing.is_empty() {
         return Ok(Code::Ok);
     }
@@ -151,9 +151,9 @@ pub(super) fn redeliver(config_path: &Path, a: RedeliverArgs) -> Result<Code, Fa
 pub(super) fn resume(config_path: &Path, a: ResumeArgs) -> Result<Code, Failure> {
     let reply = super::ask_daemon(config_path, &json!({"op": "resume", "sink": a.sink}))?;
     if reply["changed"] == true {
-        println!("Sink {} resumed", a.sink);
+        outln!("Sink {} resumed", a.sink);
     } else {
-        println!("Sink {} was not paused", a.sink);
+        outln!("Sink {} was not paused", a.sink);
     }
     Ok(Code::Ok)
 }

@@ -10,6 +10,17 @@ use crate::config::Config;
 use crate::receiver::{Receiver, Verifier};
 use crate::sinks::signing::{Scheme, generate_secret};
 
+/// A line of the demo's output. Once its reader has gone (`edgehook demo | head`), `stop` is
+/// raised, as Ctrl-C raises it: the demo stops its daemon and removes its directory (with the
+/// secret in it) instead of ending where it writes.
+macro_rules! say {
+    ($stop:expr, $($arg:tt)*) => {
+        if super::output::try_write(format_args!("{}\n", format_args!($($arg)*))).is_err() {
+            $stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+}
+
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -64,15 +75,24 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         .map_err(|e| fail(e.to_string()))?;
     std::fs::write(&config_path, &config_text).map_err(|e| fail(e.to_string()))?;
     let config = Config::load(&config_path)?;
-    println!("edgehook demo");
-    println!("  outbox    {}", config.storage.path.display());
-    println!("  socket    {}", config.ingest.socket.display());
-    println!("  receiver  {url} (Standard Webhooks, verifying every request)");
-    println!();
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    say!(interrupted, "edgehook demo");
+    say!(interrupted, "  outbox    {}", config.storage.path.display());
+    say!(
+        interrupted,
+        "  socket    {}",
+        config.ingest.socket.display()
+    );
+    say!(
+        interrupted,
+        "  receiver  {url} (Standard Webhooks, verifying every request)"
+    );
+    say!(interrupted, "");
 
     let (got_tx, got_rx) = mpsc::channel::<(String, String)>();
     let receiver = std::sync::Arc::new(receiver);
     let r = receiver.clone();
+    let stop = interrupted.clone();
     let recv_thread = std::thread::spawn(move || {
         r.serve(
             |req| {
@@ -81,7 +101,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
                 let t = v["type"].as_str().unwrap_or("?").to_string();
                 got_tx.send((id, t)).is_ok()
             },
-            |why| println!("  ✗ receiver refused a request: {why}"),
+            |why| say!(stop, "  ✗ receiver refused a request: {why}"),
         )
     });
 
@@ -104,7 +124,6 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         }
     };
 
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = interrupted.clone();
     let _ = ctrlc_flag(flag);
     let total = a.events;
@@ -121,10 +140,15 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
             match client.call(&serde_json::json!({"type": t, "data": data}))? {
                 Reply::Ok(v) => {
                     let id = v["id"].as_str().unwrap_or_default().to_string();
-                    println!("  → emitted   {t:<20} {id}  (stored durably, then acknowledged)");
+                    say!(
+                        interrupted,
+                        "  → emitted   {t:<20} {id}  (stored durably, then acknowledged)"
+                    );
                     sent_at.insert(id, Instant::now());
                 }
-                Reply::Err { code, error } => println!("  ✗ emit refused: {code}: {error}"),
+                Reply::Err { code, error } => {
+                    say!(interrupted, "  ✗ emit refused: {code}: {error}")
+                }
             }
             emitted += 1;
         }
@@ -136,11 +160,15 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
                 Some(at) => {
                     received += 1;
                     let ms = at.elapsed().as_millis();
-                    println!("  ✓ received  {t:<20} {id}  signature verified, {ms} ms after emit");
+                    say!(
+                        interrupted,
+                        "  ✓ received  {t:<20} {id}  signature verified, {ms} ms after emit"
+                    );
                 }
                 None => {
                     own += 1;
-                    println!(
+                    say!(
+                        interrupted,
                         "  ✓ received  {t:<20} {id}  signature verified (edgehook's own event)"
                     );
                 }
@@ -163,8 +191,9 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         .map_err(|_| fail("the daemon thread panicked".into()))?;
     let _ = recv_thread.join();
     daemon_result?;
-    println!();
-    println!(
+    say!(interrupted, "");
+    say!(
+        interrupted,
         "{received} of {emitted} events delivered, and {own} of edgehook's own (device-provisioned, devices-inventory-changed), each signed with Standard Webhooks and verified."
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -70,9 +70,9 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
     match client.recv()? {
         Reply::Ok(v) => {
             let id = v["id"].as_str().unwrap_or_default();
-            println!("{id}");
+            outln!("{id}");
             if v["duplicate"] == true {
-                eprintln!(
+                errln!(
                     "edgehook: event {id} was already in the outbox with the same type and data; it is stored once"
                 );
             }

@@ -142,5 +142,5 @@ pub fn report(f: &Failure) {
         text.push_str(&format!("\n  caused by: {c}"));
         cause = c.source();
     }
-    eprintln!("{text}");
+    errln!("{text}");
 }

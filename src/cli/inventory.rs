@@ -31,14 +31,14 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
     let config = super::load(config_path)?;
     let collected = inventory::collect(&config.inventory, &config.device, &AtomicBool::new(false));
     for w in &collected.warnings {
-        eprintln!("edgehook: warning: {w}");
+        errln!("edgehook: warning: {w}");
     }
     if a.json {
         let device_id = super::device_id(&config)?;
         let data = collected
             .inventory
             .event_data(device_id.as_deref(), config.device.tenant_id.as_deref());
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&data).expect("inventory data serialises")
         );
@@ -48,7 +48,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
     for (name, attr) in &collected.inventory.attributes {
         table.row(vec![name.clone(), attr.values.join(", ")]);
     }
-    print!("{}", table.render());
+    out!("{}", table.render());
     Ok(Code::Ok)
 }
 
@@ -56,11 +56,11 @@ fn refresh(config_path: &Path, as_json: bool) -> Result<Code, Failure> {
     let reply = super::ask_daemon(config_path, &json!({"op": "inventory-refresh"}))?;
     let changed = reply["changed"] == true;
     if as_json {
-        println!("{}", json!({"changed": changed, "id": reply.get("id")}));
+        outln!("{}", json!({"changed": changed, "id": reply.get("id")}));
     } else if let (true, Some(id)) = (changed, reply["id"].as_str()) {
-        println!("Inventory changed: event {id}");
+        outln!("Inventory changed: event {id}");
     } else {
-        println!("Inventory unchanged; nothing emitted");
+        outln!("Inventory unchanged; nothing emitted");
     }
     Ok(Code::Ok)
 }

@@ -49,8 +49,8 @@ pub(super) fn provision(config_path: &Path) -> Result<Code, Failure> {
 
 fn report(reply: &Value, changed: &str, unchanged: &str) -> Result<Code, Failure> {
     match reply["id"].as_str() {
-        Some(id) if reply["changed"] == true => println!("{changed}: event {id}"),
-        _ => println!("{unchanged}"),
+        Some(id) if reply["changed"] == true => outln!("{changed}: event {id}"),
+        _ => outln!("{unchanged}"),
     }
     Ok(Code::Ok)
 }

@@ -1,4 +1,33 @@
 //! The command line: argument definitions here, one file per command.
+// `println!` and `eprintln!` panic when their reader has gone: commands use `out!`, `outln!`
+// and `errln!` (`output`).
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+/// `print!` for a command's output: a reader that has gone ends the command quietly
+/// (`output`).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for a command's output (`out!`).
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for a command's errors and warnings: standard error gone, nothing is said
+/// (`output`).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_err(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod activity;
 mod check_config;
@@ -8,6 +37,7 @@ mod emit;
 pub mod exit;
 mod inventory;
 mod lifecycle;
+mod output;
 mod receive;
 mod run;
 mod secret;
@@ -158,5 +188,23 @@ fn device_id(config: &Config) -> Result<Option<String>, Failure> {
 
 /// Loads the config for a command, logging at its level.
 fn load(path: &std::path::Path) -> Result<Config, Failure> {
-    Ok(Config::load(path)?)
+    Config::load(path).map_err(|e| missing_config_hint(path, e))
+}
+
+/// A config file that does not exist is most often a first try without `--config`: the
+/// failure says how to name one, or how to see edgehook work without one.
+fn missing_config_hint(path: &std::path::Path, e: crate::config::ConfigError) -> Failure {
+    match &e {
+        crate::config::ConfigError::Read { path: p, cause }
+            if p == path && cause.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Failure::new(
+                Code::Config,
+                format!(
+                    "{e}\n  hint: name the config file with `edgehook --config PATH …` (or EDGEHOOK_CONFIG=PATH), or run `edgehook demo` to see edgehook work without one"
+                ),
+            )
+        }
+        _ => e.into(),
+    }
 }

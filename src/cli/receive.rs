@@ -69,7 +69,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     let v = verifier(secret, a.scheme.as_deref(), a.tolerance)?;
     let scheme = v.scheme;
     let receiver = Receiver::bind(&a.listen, v).map_err(|e| Failure::new(Code::Software, e))?;
-    eprintln!(
+    errln!(
         "edgehook receive: listening on http://{} ({} signatures)",
         receiver.addr(),
         scheme.name()
@@ -81,12 +81,13 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
             let mut out = std::io::stdout().lock();
             let mut line = crate::event::compact(&String::from_utf8_lossy(&r.body)).into_owned();
             line.push('\n');
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.flush();
+            // Its reader gone (`edgehook receive | head -1`), nothing it receives can be shown:
+            // it stops.
+            let written = out.write_all(line.as_bytes()).and_then(|()| out.flush());
             seen += 1;
-            limit.is_none_or(|n| seen < n)
+            written.is_ok() && limit.is_none_or(|n| seen < n)
         },
-        |why| eprintln!("edgehook receive: {why}"),
+        |why| errln!("edgehook receive: {why}"),
     );
     Ok(Code::Ok)
 }

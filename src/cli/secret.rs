@@ -46,7 +46,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         .map_err(|e: String| Failure::new(Code::Usage, e))?;
     let secret = generate_secret(scheme);
     let Some(path) = output else {
-        println!("{secret}");
+        outln!("{secret}");
         return Ok(Code::Ok);
     };
     // Checked before writing, so a typo does not replace the secret a receiver has.
@@ -61,7 +61,7 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     }
     crate::config::atomic::write(&path, format!("{secret}\n").as_bytes(), 0o600, None)
         .map_err(|e| Failure::new(Code::IoErr, format!("cannot write {}: {e}", path.display())))?;
-    eprintln!("Wrote a new {} secret to {}", scheme.name(), path.display());
+    errln!("Wrote a new {} secret to {}", scheme.name(), path.display());
     Ok(Code::Ok)
 }
 

@@ -200,7 +200,7 @@ fn sink_status(
         pending: row.map_or(0, |r| r.pending),
         oldest_pending_age_s: row
             .and_then(|r| r.oldest_pending_ms)
-            .map(|t| (now - t).max(0) / 1000),
+            .map(|t| now.saturating_sub(t).max(0) / 1000),
         delivered: row.map_or(0, |r| r.delivered),
         failed_attempts: row.map_or(0, |r| r.failed_attempts),
         dead_letters: row.map_or(0, |r| r.dead_letters),
@@ -214,19 +214,19 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
     let config = super::load(config_path)?;
     let s = collect(&config)?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&s).expect("status serialises")
         );
         return Ok(Code::Ok);
     }
     let now = now_ms();
-    println!(
+    outln!(
         "device   {} ({})",
         s.device.id.as_deref().unwrap_or("not yet started"),
         s.device.status.as_deref().unwrap_or("no status set")
     );
-    println!(
+    outln!(
         "daemon   {}",
         if s.daemon.running {
             "running"
@@ -234,7 +234,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
             "not running: nothing is being delivered"
         }
     );
-    println!(
+    outln!(
         "outbox   {}: {} events, {} bytes of events, {} bytes on disk, {} dropped, {} expired, {} dead letters trimmed",
         s.outbox.path,
         s.outbox.events,
@@ -244,7 +244,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
         s.outbox.expired,
         s.outbox.dead_letters_trimmed
     );
-    println!();
+    outln!();
     let mut t = Table::new(&[
         "SINK",
         "STATE",
@@ -278,14 +278,14 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
             }),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     let described: Vec<&SinkStatus> = s
         .sinks
         .iter()
         .filter(|x| x.description.is_some() || !x.metadata.is_empty())
         .collect();
     if !described.is_empty() {
-        println!();
+        outln!();
         let mut t = Table::new(&["SINK", "DESCRIPTION", "METADATA"]);
         for sink in described {
             t.row(vec![
@@ -294,7 +294,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
                 super::sink::metadata_text(&sink.metadata),
             ]);
         }
-        print!("{}", t.render());
+        out!("{}", t.render());
     }
     Ok(Code::Ok)
 }

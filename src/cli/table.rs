@@ -84,7 +84,7 @@ pub fn paint(word: &str) -> String {
 
 /// "3 min ago", "2 h ago", "just now" for a Unix-ms time, relative to `now_ms`.
 pub fn ago(then_ms: i64, now_ms: i64) -> String {
-    let s = (now_ms - then_ms).max(0) / 1000;
+    let s = now_ms.saturating_sub(then_ms).max(0) / 1000;
     match s {
         0..=4 => "just now".into(),
         5..=59 => format!("{s} s ago"),
@@ -94,10 +94,9 @@ pub fn ago(then_ms: i64, now_ms: i64) -> String {
     }
 }
 
-/// A Unix-ms time as RFC 3339 (UTC).
+/// A Unix-ms time as RFC 3339 (UTC), for any time the outbox can hold.
 pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+    crate::event::rfc3339_ms(ms)
 }
 
 #[cfg(test)]
@@ -133,5 +132,7 @@ mod tests {
         assert_eq!(ago(0, 180_000), "3 min ago");
         assert_eq!(ago(0, 7_200_000), "2 h ago");
         assert_eq!(ago(0, 3 * 86_400_000), "3 d ago");
+        assert_eq!(ago(i64::MIN, i64::MAX), "106751991167 d ago");
+        assert_eq!(ago(i64::MAX, 0), "just now");
     }
 }

@@ -103,7 +103,7 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
         headers,
     };
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&report).expect("a report serialises")
         );
@@ -114,11 +114,13 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
 }
 
 fn print_report(r: &Report<'_>, mqtt: bool) {
-    println!(
+    outln!(
         "Sent webhook-test {} to sink {} ({})",
-        r.event_id, r.sink, r.url
+        r.event_id,
+        r.sink,
+        r.url
     );
-    println!(
+    outln!(
         "{}",
         if mqtt {
             "User properties sent:"
@@ -127,7 +129,7 @@ fn print_report(r: &Report<'_>, mqtt: bool) {
         }
     );
     for (k, v) in &r.headers {
-        println!("  {k}: {v}");
+        outln!("  {k}: {v}");
     }
     let code = r.code.map_or(String::new(), |c| {
         if mqtt {
@@ -137,7 +139,7 @@ fn print_report(r: &Report<'_>, mqtt: bool) {
         }
     });
     match &r.error {
-        None => println!("✓ delivered ({code}{} ms)", r.latency_ms),
-        Some(e) => println!("✗ failed: {e} ({code}{} ms)", r.latency_ms),
+        None => outln!("✓ delivered ({code}{} ms)", r.latency_ms),
+        Some(e) => outln!("✗ failed: {e} ({code}{} ms)", r.latency_ms),
     }
 }

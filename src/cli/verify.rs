@@ -61,14 +61,14 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
         .ok_or_else(|| Failure::new(Code::Usage, "give --secret-file or --secret"))?;
     match verify(scheme, &secret, &headers, &body, now, a.tolerance) {
         Ok(()) => {
-            println!("valid");
+            outln!("valid");
             Ok(Code::Ok)
         }
         Err(crate::sinks::signing::VerifyError::BadSecret(m)) => {
             Err(Failure::new(Code::Usage, format!("--secret: {m}")))
         }
         Err(e) => {
-            println!("invalid: {e}");
+            outln!("invalid: {e}");
             Ok(Code::CheckFailed)
         }
     }

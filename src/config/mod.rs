@@ -27,7 +27,7 @@ pub use exposed::{DAEMON_GROUP, dropin_holds_secret, sensitive_header};
 pub use file::{Durability, LogLevel, WhenFull};
 pub use mqtt::{MqttSpec, check_template, fill};
 pub use signing::SecretSource;
-pub use sink::{SinkKind, SinkSpec, display_url, url_holds_secret, valid_name};
+pub use sink::{SinkKind, SinkSpec, display_url, is_loopback_url, url_holds_secret, valid_name};
 
 /// The default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/edgehook/edgehook.toml";
@@ -151,13 +151,14 @@ impl fmt::Display for Problem {
 /// Why a config file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    /// The file could not be read. The cause is part of the message, not a `source()`, so
+    /// that what prints the chain of causes does not say it twice.
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file was read and has problems.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -265,9 +266,9 @@ impl Locator<'_> {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 
@@ -276,19 +277,19 @@ fn dropin_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
+        Err(cause) => {
             return Err(ConfigError::Read {
                 path: dir.to_owned(),
-                source,
+                cause,
             });
         }
     };
     let mut files = Vec::new();
     for entry in entries {
         let path = entry
-            .map_err(|source| ConfigError::Read {
+            .map_err(|cause| ConfigError::Read {
                 path: dir.to_owned(),
-                source,
+                cause,
             })?
             .path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());

@@ -42,8 +42,14 @@ pub(super) fn check_mqtt(
     uri: Option<&http::Uri>,
     metadata: &BTreeMap<String, String>,
 ) -> MqttSpec {
-    let tls = uri.and_then(http::Uri::scheme_str) == Some("mqtts");
-    let host = uri.and_then(http::Uri::host).unwrap_or("").to_string();
+    let tls = uri.map(super::sink::scheme_of).as_deref() == Some("mqtts");
+    // An IPv6 literal is bracketed in the URL only: connecting takes the bare address.
+    let host = uri
+        .and_then(http::Uri::host)
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let qos = match &s.qos {
         Some(q) if *q.get_ref() == 0 => {
             c.at(
@@ -77,6 +83,9 @@ pub(super) fn check_mqtt(
             format!("sink `{name}`: a password needs a `username`"),
         );
     }
+    if password.is_some() && !tls {
+        warn_plain_password(c, name, &host);
+    }
     let template = |t: &Option<Spanned<String>>, default: &str, c: &mut Checker<'_>| {
         let text = t
             .as_ref()
@@ -104,6 +113,16 @@ pub(super) fn check_mqtt(
             .as_ref()
             .map_or(Duration::from_secs(30), |k| k.get_ref().0),
         status_topic: template(&s.status_topic, "edgehook/{device_id}/status", c),
+    }
+}
+
+/// Warns about a password sent over plain `mqtt://` to a broker that is not loopback: the
+/// CONNECT packet carries it in the clear.
+fn warn_plain_password(c: &mut Checker<'_>, name: &str, host: &str) {
+    if !super::sink::is_loopback_host(host) {
+        c.warnings.push(format!(
+            "Sink {name} sends its MQTT password over plain mqtt:// to {host}: anyone on the way can read it and the events; use mqtts://"
+        ));
     }
 }
 

@@ -192,7 +192,8 @@ pub(super) fn check_sink(c: &mut Checker<'_>, s: &SinkFile) -> Option<SinkSpec> 
     }
     let url = s.url.get_ref().clone();
     let uri = url.parse::<http::Uri>().ok();
-    let scheme = uri.as_ref().and_then(|u| u.scheme_str()).unwrap_or("");
+    let scheme = uri.as_ref().map(scheme_of).unwrap_or_default();
+    let scheme = scheme.as_str();
     let has_host = uri
         .as_ref()
         .and_then(|u| u.host())
@@ -384,4 +385,32 @@ pub(super) fn refuse(
 /// The span of an optional key.
 pub(super) fn span<T>(v: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
     v.as_ref().map(Spanned::span)
+}
+
+/// The scheme of `uri` in lower case: schemes are case-insensitive (RFC 3986, 3.1), so
+/// `HTTP://` and `Mqtts://` are classified as `http` and `mqtts`.
+pub(super) fn scheme_of(uri: &http::Uri) -> String {
+    uri.scheme_str().unwrap_or("").to_ascii_lowercase()
+}
+
+/// Whether the URL's host is loopback by its text alone (no resolving): `localhost`, a
+/// `*.localhost` name (RFC 6761), or a loopback address, IPv4-mapped ones included.
+pub fn is_loopback_url(url: &str) -> bool {
+    let host = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string))
+        .unwrap_or_default();
+    is_loopback_host(&host)
+}
+
+/// Whether `host` (a name, or an address with or without brackets) is loopback by its text.
+pub(super) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }

@@ -610,3 +610,68 @@ fn the_durations_of_the_issue_are_refused_not_wrapped() {
         assert!(p[0].contains("must be between"), "{}", p[0]);
     }
 }
+
+/// An MQTT sink at `url` with `extra` keys.
+fn mqtt_sink(url: &str, extra: &str) -> String {
+    format!("[[sink]]\nname = \"m\"\nurl = \"{url}\"\n{extra}\n[sink.signing]\nscheme = \"none\"\n")
+}
+
+#[test]
+fn url_schemes_are_classified_in_any_case() {
+    let c = parse(&mqtt_sink("MQTTS://broker.example", "")).unwrap();
+    let SinkKind::Mqtt(m) = &c.sink("m").unwrap().kind else {
+        panic!("MQTTS:// is an MQTT sink");
+    };
+    assert!(m.tls, "MQTTS:// is TLS");
+    assert_eq!(m.port, 8883);
+    let c = parse(&mqtt_sink("Mqtt://broker.example:1884", "")).unwrap();
+    assert!(matches!(&c.sink("m").unwrap().kind, SinkKind::Mqtt(m) if !m.tls && m.port == 1884));
+    let c = parse(&SINK.replace("https://", "HTTPS://")).unwrap();
+    assert_eq!(c.sink("cloud").unwrap().transport(), "http");
+}
+
+#[test]
+fn an_ipv6_broker_address_is_connected_to_without_its_brackets() {
+    let c = parse(&mqtt_sink("mqtt://[::1]:1883", "")).unwrap();
+    let SinkKind::Mqtt(m) = &c.sink("m").unwrap().kind else {
+        panic!("an MQTT sink");
+    };
+    assert_eq!((m.host.as_str(), m.port), ("::1", 1883));
+}
+
+#[test]
+fn a_password_over_plain_mqtt_to_a_broker_not_on_loopback_is_warned_about() {
+    let password = "username = \"u\"\npassword = \"p\"";
+    let warned = |url: &str, extra: &str| {
+        parse(&mqtt_sink(url, extra))
+            .unwrap()
+            .warnings
+            .into_iter()
+            .filter(|w| w.contains("plain mqtt://"))
+            .collect::<Vec<_>>()
+    };
+    let w = warned("mqtt://broker.example:1883", password);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("broker.example") && w[0].contains("Sink m"),
+        "{w:?}"
+    );
+    assert_eq!(warned("MQTT://broker.example:1883", password).len(), 1);
+    assert_eq!(
+        warned("mqtts://broker.example", password),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        warned("mqtt://broker.example:1883", ""),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        warned("mqtt://127.0.0.1:1883", password),
+        Vec::<String>::new()
+    );
+    assert_eq!(warned("mqtt://[::1]:1883", password), Vec::<String>::new());
+    assert_eq!(
+        warned("mqtt://localhost:1883", password),
+        Vec::<String>::new()
+    );
+}

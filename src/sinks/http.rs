@@ -32,7 +32,7 @@ use ureq_proto::client::{
 
 use super::format::Format;
 use super::{Attempt, Outcome, SinkError, backoff, tls};
-use crate::config::{SinkKind, SinkSpec};
+use crate::config::{SinkKind, SinkSpec, is_loopback_url};
 
 /// How much of a response body is read (and thrown away) so the connection can be reused; a
 /// longer body is dropped with its connection.
@@ -636,7 +636,7 @@ pub fn classify(status: u16, error: String, retry_after: Option<Duration>) -> Ou
 /// every reload builds the sink again, and a warning each time would bury the log.
 fn warn_plain_http(spec: &SinkSpec) {
     static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
-    if !spec.url.starts_with("http://") || is_loopback_url(&spec.url) {
+    if !plain_to_remote(&spec.url) {
         return;
     }
     let key = (spec.name.clone(), spec.url.clone());
@@ -645,22 +645,15 @@ fn warn_plain_http(spec: &SinkSpec) {
     }
 }
 
-/// Whether the URL's host is loopback by its text alone (no resolving): `localhost`, a
-/// `*.localhost` name (RFC 6761), or a loopback address, IPv4-mapped ones included.
-fn is_loopback_url(url: &str) -> bool {
-    let host = url
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| u.host().map(str::to_string))
-        .unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host = host.to_ascii_lowercase();
-    host == "localhost"
-        || host.ends_with(".localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+/// Whether `url` is plain `http://` (in any case) to a host that is not loopback.
+fn plain_to_remote(url: &str) -> bool {
+    let plain = url.parse::<http::Uri>().is_ok_and(|u| {
+        u.scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case("http"))
+    });
+    plain && !is_loopback_url(url)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,6 +700,21 @@ mod tests {
             assert_eq!(class(s), "permanent", "{s}");
         }
         assert_eq!(class(410), "gone");
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_host_is_recognised_in_any_case() {
+        assert!(plain_to_remote("http://example.com/x"));
+        assert!(plain_to_remote("HTTP://example.com/x"));
+        assert!(plain_to_remote("Http://example.com/x"));
+        assert!(!plain_to_remote("HTTPS://example.com/x"));
+        assert!(!plain_to_remote("HTTP://LOCALHOST/x"));
+        assert!(!plain_to_remote("HTTP://127.0.0.1:8080/x"));
+        // `HttpSink::new` matches the scheme as the http crate gives it: in lower case.
+        for (url, scheme) in [("HTTPS://x/", "https"), ("Http://x/", "http")] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(uri.scheme_str(), Some(scheme));
+        }
     }
 
     #[test]

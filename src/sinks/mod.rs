@@ -185,6 +185,19 @@ impl Shared {
                 measured: Some(measured),
             });
         }
+        let (failed, wait) = self.failure(d, error, measured, failures_in_row, rng);
+        Refusal::Retry(failed, wait)
+    }
+
+    /// A failed attempt of `d` to be tried again (`error`), and the backoff before it.
+    fn failure(
+        &self,
+        d: &Delivery,
+        error: &str,
+        measured: Measured,
+        failures_in_row: &mut u32,
+        rng: &mut impl rand::Rng,
+    ) -> (Report, Duration) {
         let wait = self.backoff(failures_in_row, rng);
         let failed = Report::Failed {
             sink: self.id,
@@ -194,7 +207,7 @@ impl Shared {
             state: SinkState::BackingOff,
             measured,
         };
-        Refusal::Retry(failed, wait)
+        (failed, wait)
     }
 }
 

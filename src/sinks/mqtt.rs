@@ -183,12 +183,8 @@ impl MqttSink {
                 }
             };
             let refused = |code: u8| {
-                (
-                    Some(u16::from(code)),
-                    super::Outcome::Permanent {
-                        error: format!("MQTT reason {}", wire::reason_name(code)),
-                    },
-                )
+                let error = format!("MQTT reason {}", wire::reason_name(code));
+                (Some(u16::from(code)), classify(code, error))
             };
             match packet {
                 Err(e) => break lost(e),
@@ -217,6 +213,22 @@ impl MqttSink {
         result
     }
 }
+
+/// What a publish the broker refused with reason `code` comes to. 0x97 Quota exceeded says
+/// the broker takes no more for now, as HTTP 429 does: it is retried with backoff and does not
+/// count towards `max_attempts`. Every other refusal is about the publish itself.
+fn classify(code: u8, error: String) -> super::Outcome {
+    match code {
+        QUOTA_EXCEEDED => super::Outcome::Transient {
+            error,
+            retry_after: None,
+        },
+        _ => super::Outcome::Permanent { error },
+    }
+}
+
+/// PUBACK's reason code for a broker over its quota.
+const QUOTA_EXCEEDED: u8 = 0x97;
 
 /// A transient outcome without an answer.
 fn lost(error: String) -> (Option<u16>, super::Outcome) {
@@ -633,8 +645,9 @@ struct Session<'a> {
     /// Read from the outbox, not yet published.
     queued: VecDeque<Delivery>,
     in_flight: VecDeque<InFlight>,
-    /// The presence message's packet id while it is unacknowledged.
-    presence: Option<u16>,
+    /// The presence message's packet id and when it was published, while it is
+    /// unacknowledged: it is waited for as long as an event is, and holds a place in the window.
+    presence: Option<(u16, Instant)>,
     next_pkid: u16,
     /// Acknowledged, to be reported together.
     done: Vec<(i64, Measured)>,
@@ -665,9 +678,21 @@ impl<'a> Session<'a> {
         loop {
             let id = self.next_pkid;
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if self.presence != Some(id) && !self.in_flight.iter().any(|f| f.pkid == id) {
+            if self.presence.is_none_or(|(p, _)| p != id)
+                && !self.in_flight.iter().any(|f| f.pkid == id)
+            {
                 return id;
             }
+        }
+    }
+
+    /// When the longest unacknowledged publish, an event or the presence message, was sent.
+    fn oldest_unacknowledged(&self) -> Option<Instant> {
+        let event = self.in_flight.front().map(|f| f.sent);
+        let presence = self.presence.map(|(_, sent)| sent);
+        match (event, presence) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -702,7 +727,7 @@ impl<'a> Session<'a> {
         if let Err((_, why)) = conn.encode(&presence) {
             return End::Lost(format!("cannot publish presence: {why}"));
         }
-        self.presence = Some(pkid);
+        self.presence = Some((pkid, Instant::now()));
         s.outbox
             .report(Report::State {
                 sink: s.id,
@@ -733,7 +758,7 @@ impl<'a> Session<'a> {
                     return End::Lost(e);
                 }
             }
-            let oldest = self.in_flight.front().map(|f| f.sent);
+            let oldest = self.oldest_unacknowledged();
             let due = conn.due(oldest);
             tokio::select! {
                 read = conn.receive() => {
@@ -824,7 +849,9 @@ impl<'a> Session<'a> {
         let qos = self.sink.m().qos;
         while let Some(packet) = conn.next()? {
             let (pkid, reason) = match packet {
-                Incoming::PubAck { pkid, reason } if self.presence == Some(pkid) => {
+                Incoming::PubAck { pkid, reason }
+                    if self.presence.is_some_and(|(p, _)| p == pkid) =>
+                {
                     let _ = reason; // a refused presence message is not worth the connection
                     self.presence = None;
                     continue;
@@ -912,6 +939,20 @@ impl<'a> Session<'a> {
         };
         let attempts = d.attempts.saturating_add(1);
         let error = format!("MQTT reason {name}");
+        if let super::Outcome::Transient { .. } = classify(code, error.clone()) {
+            let (failed, wait) = s.failure(
+                &d,
+                &error,
+                measured,
+                &mut self.failures_in_row,
+                &mut self.rng,
+            );
+            log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = wait.as_millis() as u64;
+                "The broker of sink {} turned event {} away for now ({error}); retrying in {} ms", spec.name, d.id(), wait.as_millis());
+            s.outbox.report(failed).await;
+            self.retry_later(d, attempts, wait);
+            return;
+        }
         let refusal = s.refusal(
             &d,
             attempts,
@@ -932,12 +973,40 @@ impl<'a> Session<'a> {
         log::warn!(event_id = d.id(), event_type = d.event_type(), sink = spec.name.as_str(), attempt = attempts, retry_in_ms = crate::config::units::millis(wait);
             "The broker of sink {} refused event {} ({error}); attempt {attempts} of {}", spec.name, d.id(), spec.max_attempts);
         s.outbox.report(failed).await;
-        let mut d = d;
+        self.retry_later(d, attempts, wait);
+    }
+
+    /// Puts `d`, tried `attempts` times, back at the front of the queue, and publishes nothing
+    /// for `wait`.
+    fn retry_later(&mut self, mut d: Delivery, attempts: u32, wait: Duration) {
         d.attempts = attempts;
         self.queued.push_front(d);
         self.hold_until = Some(crate::config::units::later_tokio(
             tokio::time::Instant::now(),
             wait,
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_exceeded_is_retried_like_http_429_and_other_refusals_are_not() {
+        let outcome = |code| classify(code, format!("MQTT reason {}", wire::reason_name(code)));
+        assert_eq!(
+            outcome(0x97),
+            super::super::Outcome::Transient {
+                error: "MQTT reason QuotaExceeded".into(),
+                retry_after: None
+            }
+        );
+        for code in [0x80, 0x83, 0x87, 0x90, 0x91, 0x95, 0x99] {
+            assert!(
+                matches!(outcome(code), super::super::Outcome::Permanent { .. }),
+                "{code:#x}"
+            );
+        }
     }
 }

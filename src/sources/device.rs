@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
@@ -370,7 +370,6 @@ pub fn provisioned_data(
     identity: &Value,
     now: SystemTime,
 ) -> ProvisionedData {
-    let created = UNIX_EPOCH + Duration::from_millis(facts.created_ms.max(0) as u64);
     ProvisionedData {
         id: device_id.to_string(),
         status: "accepted",
@@ -381,6 +380,6 @@ pub fn provisioned_data(
             status: "accepted",
             ts: humantime::format_rfc3339_millis(now).to_string(),
         }],
-        created_ts: humantime::format_rfc3339_millis(created).to_string(),
+        created_ts: event::rfc3339_ms(facts.created_ms),
     }
 }

@@ -15,6 +15,8 @@ use rumqttc::v5::{Client, Event, MqttOptions};
 pub struct Broker {
     pub dir: PathBuf,
     pub port: u16,
+    /// The address it listens on: `127.0.0.1`, or `::1` (`start_on`).
+    address: String,
     conf: PathBuf,
     child: Option<Child>,
 }
@@ -39,7 +41,13 @@ pub fn mosquitto_available() -> bool {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+/// A port free on `address` (an IPv4 or IPv6 address, without brackets).
+fn free_port_on(address: &str) -> u16 {
+    let ip: std::net::IpAddr = address.parse().expect("an IP address");
+    std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -54,8 +62,14 @@ impl Broker {
     /// dropped"), which a test's subscriber falling behind a drain or a broker restart would
     /// meet, and what is missing at a subscriber could then only be edgehook's loss.
     pub fn start(dir: &Path, extra: &str) -> Broker {
+        Broker::start_on(dir, "127.0.0.1", extra)
+    }
+
+    /// `start`, listening on `address` only (`::1` for an IPv6 broker).
+    pub fn start_on(dir: &Path, address: &str, extra: &str) -> Broker {
         Broker::start_with(
             dir,
+            address,
             "persistence true\nlog_type all\nmax_queued_messages 1000000\n",
             extra,
         )
@@ -66,15 +80,16 @@ impl Broker {
     pub fn start_quiet(dir: &Path) -> Broker {
         Broker::start_with(
             dir,
+            "127.0.0.1",
             "persistence false\nlog_type error\nallow_anonymous true\n",
             "",
         )
     }
 
-    fn start_with(dir: &Path, base: &str, extra: &str) -> Broker {
+    fn start_with(dir: &Path, address: &str, base: &str, extra: &str) -> Broker {
         let dir = dir.join(format!("broker-{}", free_port()));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
+        let port = free_port_on(address);
         let conf = dir.join("mosquitto.conf");
         // Run as root, mosquitto switches to its own user, which cannot read the test's
         // private directory; `user root` keeps it as the test's user.
@@ -86,7 +101,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "{user}listener {port} 127.0.0.1\n{base}persistence_location {}/\nlog_dest file {}/mosquitto.log\n{extra}\n",
+                "{user}listener {port} {address}\n{base}persistence_location {}/\nlog_dest file {}/mosquitto.log\n{extra}\n",
                 dir.display(),
                 dir.display()
             ),
@@ -95,6 +110,7 @@ impl Broker {
         let mut b = Broker {
             dir,
             port,
+            address: address.to_string(),
             conf,
             child: None,
         };
@@ -112,7 +128,8 @@ impl Broker {
             .expect("mosquitto starts");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        let ip: std::net::IpAddr = self.address.parse().expect("an IP address");
+        while std::net::TcpStream::connect((ip, self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "mosquitto did not listen: {}",
@@ -123,7 +140,11 @@ impl Broker {
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        if self.address.contains(':') {
+            format!("mqtt://[{}]:{}", self.address, self.port)
+        } else {
+            format!("mqtt://{}:{}", self.address, self.port)
+        }
     }
 
     /// Stops the broker with SIGTERM (it saves its persistence file) and waits for it.

@@ -189,3 +189,45 @@ pub fn answer_ok(stream: &mut dyn Stream, bodies: &Mutex<Vec<Vec<u8>>>) {
         }
     }
 }
+
+/// Serves an MQTT client packet by packet: after each read, `answer` gets the whole packets
+/// read (each its first byte, type and flags, and its body) and returns what to write back, or
+/// `None` to close the connection.
+pub fn serve_mqtt(
+    s: &mut dyn Stream,
+    mut answer: impl FnMut(Vec<(u8, Vec<u8>)>) -> Option<Vec<u8>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let packets = std::iter::from_fn(|| take_mqtt_packet(&mut buf)).collect();
+        let Some(out) = answer(packets) else { return };
+        if s.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// Takes the first whole MQTT packet off `buf`: its first byte (type and flags) and its body;
+/// `None` until one has arrived whole.
+fn take_mqtt_packet(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    let &first = buf.first()?;
+    let (mut len, mut at) = (0usize, 1);
+    while let Some(&b) = buf.get(at) {
+        len |= usize::from(b & 0x7F) << (7 * (at - 1));
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    if buf.len() < at + len || buf.get(at - 1).is_none_or(|b| b & 0x80 != 0) {
+        return None;
+    }
+    let body = buf.drain(..at + len).skip(at).collect();
+    Some((first, body))
+}

@@ -149,10 +149,10 @@ pub(super) fn add(config_path: &Path, a: AddArgs) -> Result<Code, Failure> {
     file.sinks_mut().push(Value::Table(sink));
     let path = file.path.clone();
     let (config, reload) = file.commit(config_path)?;
-    println!("Added sink {} in {}", a.name, path.display());
+    outln!("Added sink {} in {}", a.name, path.display());
     tell(&reload);
     if let Some(SecretSource::Generated(_)) = config.sink(&a.name).map(|s| &s.secret) {
-        println!(
+        outln!(
             "Its signing secret is generated when the daemon starts it; `sudo edgehook sink show {} --reveal-secret` shows it for the receiver.",
             a.name
         );
@@ -199,7 +199,7 @@ pub(super) fn update(config_path: &Path, a: UpdateArgs) -> Result<Code, Failure>
     }
     let path = file.path.clone();
     let (_, reload) = file.commit(config_path)?;
-    println!("Updated sink {} in {}", a.name, path.display());
+    outln!("Updated sink {} in {}", a.name, path.display());
     tell(&reload);
     Ok(Code::Ok)
 }
@@ -213,14 +213,14 @@ pub(super) fn remove(config_path: &Path, a: RemoveArgs) -> Result<Code, Failure>
         .retain(|s| s.get("name").and_then(Value::as_str) != Some(a.name.as_str()));
     let path = file.path.clone();
     let (_, reload) = file.commit(config_path)?;
-    println!(
+    outln!(
         "Removed sink {} from {}; its queue stays in the outbox (`status` shows it orphaned) and resumes if a sink of that name comes back",
         a.name,
         path.display()
     );
     tell(&reload);
     if let SecretSource::Generated(p) = secret {
-        println!(
+        outln!(
             "Its generated secret stays in {}, for a sink of that name; remove the file to have a new one generated.",
             p.display()
         );
@@ -345,11 +345,11 @@ fn sub_table<'a>(sink: &'a mut Table, key: &str) -> &'a mut Table {
 /// Says what became of the reload.
 fn tell(reload: &Reload) {
     match reload {
-        Reload::Done(n) => println!("The running daemon reloaded its config: {n} sink(s) running."),
+        Reload::Done(n) => outln!("The running daemon reloaded its config: {n} sink(s) running."),
         Reload::NotRunning => {
-            println!("The daemon is not running: the change applies when it starts.")
+            outln!("The daemon is not running: the change applies when it starts.")
         }
-        Reload::Unknown(e) => eprintln!(
+        Reload::Unknown(e) => errln!(
             "edgehook: warning: the change is kept, but the daemon could not be asked to reload ({e}); reload it with `systemctl reload edgehook`"
         ),
     }

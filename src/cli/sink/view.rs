@@ -38,11 +38,11 @@ pub(super) fn list(config_path: &Path, a: ListArgs) -> Result<Code, Failure> {
     let config = crate::cli::load(config_path)?;
     if a.json {
         let sinks: Vec<Value> = config.sinks.iter().map(describe).collect();
-        println!("{}", json!({ "sinks": sinks }));
+        outln!("{}", json!({ "sinks": sinks }));
         return Ok(Code::Ok);
     }
     if config.sinks.is_empty() {
-        println!("No sinks in {} or its sinks.d.", config.path.display());
+        outln!("No sinks in {} or its sinks.d.", config.path.display());
         return Ok(Code::Ok);
     }
     let mut t = Table::new(&[
@@ -71,7 +71,7 @@ pub(super) fn list(config_path: &Path, a: ListArgs) -> Result<Code, Failure> {
             s.description.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(Code::Ok)
 }
 
@@ -101,7 +101,7 @@ pub(super) fn show(config_path: &Path, a: ShowArgs) -> Result<Code, Failure> {
                 doc["headers"][k] = json!(v);
             }
         }
-        println!("{doc}");
+        outln!("{doc}");
         return Ok(Code::Ok);
     }
     for (label, mut value) in lines(&config, spec) {
@@ -111,10 +111,10 @@ pub(super) fn show(config_path: &Path, a: ShowArgs) -> Result<Code, Failure> {
         if a.reveal_secret && label == "headers" {
             value = listed(headers.iter().map(|(k, v)| format!("{k}: {v}")));
         }
-        println!("{label:<13}{value}");
+        outln!("{label:<13}{value}");
     }
     if let Some(secret) = secret {
-        println!("{:<13}{secret}", "secret");
+        outln!("{:<13}{secret}", "secret");
     }
     Ok(Code::Ok)
 }
