@@ -5,10 +5,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::exit::{Code, Failure};
-use crate::client::{Client, Reply};
+use crate::client::{Client, Emit, Reply, Request};
 use crate::config::Config;
 use crate::receiver::{Receiver, Verifier};
 use crate::sinks::signing::{Scheme, generate_secret};
+use serde_json::value::RawValue;
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
@@ -117,10 +118,15 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     while !done(received, own) && !interrupted.load(std::sync::atomic::Ordering::SeqCst) {
         if total.is_none_or(|n| emitted < n) {
             let (t, data) = SAMPLES[(emitted as usize) % SAMPLES.len()];
-            let data: serde_json::Value = serde_json::from_str(data).expect("samples are JSON");
-            match client.call(&serde_json::json!({"type": t, "data": data}))? {
-                Reply::Ok(v) => {
-                    let id = v["id"].as_str().unwrap_or_default().to_string();
+            let data: &RawValue = serde_json::from_str(data).expect("samples are JSON");
+            let request = Request::Emit(Emit {
+                event_type: Some(t.to_string()),
+                data: Some(data),
+                ..Emit::default()
+            });
+            match client.call(&request)? {
+                Reply::Ok(done) => {
+                    let id = done.id.unwrap_or_default();
                     println!("  → emitted   {t:<20} {id}  (stored durably, then acknowledged)");
                     sent_at.insert(id, Instant::now());
                 }

@@ -3,11 +3,10 @@
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::exit::{Code, Failure};
-use crate::client::{Client, Reply};
+use crate::client::{Client, Emit, Reply, Request};
 
 /// Arguments of `emit`.
 #[derive(Debug, clap::Args)]
@@ -22,16 +21,6 @@ pub struct Args {
     /// Use this id instead of a generated one (an id already in the outbox is stored once)
     #[arg(long)]
     pub id: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Request<'a> {
-    op: &'static str,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    data: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
 }
 
 pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
@@ -57,18 +46,15 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
         .map_err(|e| Failure::new(Code::DataErr, e.to_string()))?;
     let config = super::load(config_path)?;
     let mut client = Client::connect(&config.ingest.socket)?;
-    let mut line = serde_json::to_vec(&Request {
-        op: "emit",
-        event_type: &a.event_type,
-        data: &data,
-        id: a.id.as_deref(),
-    })
-    .expect("a request serialises");
-    line.push(b'\n');
-    client.send_raw(&line)?;
-    match client.recv()? {
-        Reply::Ok(v) => {
-            println!("{}", v["id"].as_str().unwrap_or_default());
+    let request = Request::Emit(Emit {
+        event_type: Some(a.event_type),
+        data: Some(&data),
+        id: a.id,
+        ..Emit::default()
+    });
+    match client.call(&request)? {
+        Reply::Ok(done) => {
+            println!("{}", done.id.unwrap_or_default());
             Ok(Code::Ok)
         }
         Reply::Err { code, error } => Err(super::exit::refused(&code, &error)),

@@ -25,8 +25,10 @@ pub enum Code {
     Software = 70,
     /// Storage error.
     IoErr = 74,
-    /// The outbox is full.
+    /// The outbox is full, or the daemon is busy: try again later.
     TempFail = 75,
+    /// The daemon refused an admin op to this user (`forbidden`).
+    NoPerm = 77,
     /// Configuration error.
     Config = 78,
 }
@@ -126,7 +128,8 @@ impl From<rusqlite::Error> for Failure {
 /// The failure for a request the daemon refused with `code`.
 pub fn refused(code: &str, error: &str) -> Failure {
     let exit = match code {
-        "full" => Code::TempFail,
+        "full" | "busy" => Code::TempFail,
+        "forbidden" => Code::NoPerm,
         "invalid" | "too_large" | "decommissioned" => Code::DataErr,
         _ => Code::Software,
     };

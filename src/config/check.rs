@@ -140,7 +140,9 @@ pub(super) fn check<'a>(
             socket: c.resolve(&raw.ingest.socket),
             group: raw.ingest.group,
             max_event_bytes: raw.ingest.max_event_bytes.get_ref().0,
-            max_connections: raw.ingest.max_connections.max(1),
+            max_connections: *raw.ingest.max_connections.get_ref(),
+            admin_group: raw.ingest.admin_group.map(Spanned::into_inner),
+            idle_timeout: raw.ingest.idle_timeout.get_ref().0,
         },
         log_level: raw.log.level,
         shutdown_timeout: raw.daemon.shutdown_timeout.0,
@@ -181,6 +183,29 @@ fn check_sections(c: &mut Checker<'_>, raw: &ConfigFile) {
             &raw.ingest.max_event_bytes,
             "`max_event_bytes` must be between 256 and 16MiB",
         );
+    }
+    check_ingest_limits(c, &raw.ingest);
+}
+
+/// `[ingest]`'s limits on clients (SPEC §7, "Limits").
+fn check_ingest_limits(c: &mut Checker<'_>, ingest: &super::file::IngestFile) {
+    if !(2..=65_536).contains(ingest.max_connections.get_ref()) {
+        c.at(
+            &ingest.max_connections,
+            "`max_connections` must be between 2 and 65536",
+        );
+    }
+    let idle = ingest.idle_timeout.get_ref().0;
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&idle) {
+        c.at(
+            &ingest.idle_timeout,
+            "`idle_timeout` must be between 1s and 1d",
+        );
+    }
+    if let Some(group) = &ingest.admin_group {
+        if group.get_ref().trim().is_empty() {
+            c.at(group, "`admin_group` must name a group");
+        }
     }
 }
 

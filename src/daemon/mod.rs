@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::generated::{self, SecretError};
 use crate::config::{Config, ConfigError};
 use crate::outbox::{Opened, Outbox, Route, StoreError, now_ms};
+use crate::protocol::Done;
 use crate::sinks::{SinkError, SinkRunner};
 use crate::sources::control::{self, Op};
 use crate::sources::device::DeviceSource;
@@ -198,10 +199,11 @@ impl Pipeline {
             done.count,
             done.sinks.join(", ")
         );
-        let mut m = serde_json::Map::new();
-        m.insert("redelivered".into(), done.count.into());
-        m.insert("missing".into(), done.missing.into());
-        Ok(m)
+        Ok(Done {
+            redelivered: Some(done.count as u64),
+            missing: Some(done.missing),
+            ..Done::default()
+        })
     }
 
     /// Un-pauses a sink paused by 410.
@@ -220,9 +222,10 @@ impl Pipeline {
         if was_paused {
             log::info!(sink = name; "Sink {name} resumed");
         }
-        let mut m = serde_json::Map::new();
-        m.insert("changed".into(), was_paused.into());
-        Ok(m)
+        Ok(Done {
+            changed: Some(was_paused),
+            ..Done::default()
+        })
     }
 }
 
@@ -240,9 +243,10 @@ async fn dispatch(
             let running = p
                 .reload()
                 .map_err(|e| control::Refusal::new("invalid", e))?;
-            let mut m = serde_json::Map::new();
-            m.insert("sinks".into(), running.into());
-            Ok(m)
+            Ok(Done {
+                sinks: Some(running as u64),
+                ..Done::default()
+            })
         }),
         op => {
             let _ = device.send(control::Request { op, reply }).await;
@@ -324,7 +328,7 @@ pub fn run_until(
     let runners = pipeline.start_sinks(&config)?;
     let sink_count = runners.len();
     *pipeline.sinks.lock().unwrap_or_else(|p| p.into_inner()) = runners;
-    let listener = ingest::bind(&config.ingest.socket, &config.ingest.group)?;
+    let socket = ingest::listen(&config.ingest)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -336,10 +340,9 @@ pub fn run_until(
         sink_count,
         config.ingest.socket.display()
     );
-    let socket_path = config.ingest.socket.clone();
     let result = runtime.block_on(serve(
         pipeline.clone(),
-        listener,
+        socket.listener,
         &config,
         (device, device_rx),
         (control_tx, control_rx),
@@ -358,7 +361,9 @@ pub fn run_until(
     // An inventory script still running was told to stop with the pipeline; its thread is
     // not waited for beyond this.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let _ = std::fs::remove_file(&socket_path);
+    if let Some(path) = &socket.remove_at_exit {
+        let _ = std::fs::remove_file(path);
+    }
     drop(pipeline);
     drop(outbox);
     // Every acknowledged event is already committed; waiting for the outbox thread only lets it
@@ -428,12 +433,11 @@ async fn serve(
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| DaemonError::Internal(format!("cannot use the socket: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ingest = Arc::new(Ingest {
-        outbox: pipeline.outbox.clone(),
-        max_line: config.ingest.max_event_bytes as usize,
-        max_connections: config.ingest.max_connections as usize,
-        control: control_tx,
-    });
+    let ingest = Arc::new(Ingest::new(
+        pipeline.outbox.clone(),
+        &config.ingest,
+        control_tx,
+    ));
     // The first start's `device-provisioned` goes into the outbox before any other event.
     device.start().await;
     let cancel_device = device.cancel_flag();

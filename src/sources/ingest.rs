@@ -2,26 +2,37 @@
 //! Each connection reads requests as fast as the client sends them and queues their answers,
 //! so a client that pipelines many events gets them committed together; a bounded queue keeps
 //! a client that never reads its replies from growing memory. A line left unfinished is timed
-//! out, and a connection over `max_connections` gets one `full` line and is closed.
+//! out, a connection with no request for `idle_timeout` is closed, and a connection over
+//! `max_connections`, or over its uid's half of them, gets one `busy` line and is closed.
+//! The peer's credentials (`SO_PEERCRED`) decide who may ask the ops that change the device or
+//! its deliveries (`access.rs`).
 
+mod access;
+mod listen;
+
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, FramedRead};
 
+pub use access::{Access, Peer};
+pub use listen::{Listening, listen};
+
 use super::control::{self, Answer, Op};
 use crate::event;
 use crate::outbox::{AppendError, Appended, Outbox};
+use crate::protocol::{Control, Done, Emit, Reply};
 
 /// Replies queued per connection before the connection stops reading: how many requests a
 /// pipelining client can usefully keep in flight.
@@ -45,10 +56,37 @@ pub struct Ingest {
     pub outbox: Outbox,
     /// The longest line accepted.
     pub max_line: usize,
-    /// Connections served at once.
+    /// Connections served at once; no uid gets more than half of them.
     pub max_connections: usize,
+    /// How long a connection may go without a request before it is closed.
+    pub idle_timeout: Duration,
+    /// Who may ask the ops that change the device or its deliveries.
+    pub access: Access,
     /// Where control requests go.
     pub control: mpsc::Sender<control::Request>,
+}
+
+impl Ingest {
+    /// The socket's settings from `[ingest]`; `ingest.admin_group` is resolved here, once.
+    pub fn new(
+        outbox: Outbox,
+        config: &crate::config::Ingest,
+        control: mpsc::Sender<control::Request>,
+    ) -> Ingest {
+        Ingest {
+            outbox,
+            max_line: config.max_event_bytes as usize,
+            max_connections: config.max_connections as usize,
+            idle_timeout: config.idle_timeout,
+            access: Access::resolve(config.admin_group.as_deref()),
+            control,
+        }
+    }
+
+    /// How many connections one uid may hold.
+    fn share(&self) -> usize {
+        (self.max_connections / 2).max(1)
+    }
 }
 
 /// Why the socket could not be set up.
@@ -109,26 +147,52 @@ pub async fn serve(
     ingest: Arc<Ingest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(ingest.max_connections));
     let mut connections = JoinSet::new();
+    // The uid of each connection served, and how many each uid holds.
+    let mut served: HashMap<tokio::task::Id, u32> = HashMap::new();
+    let mut per_uid: HashMap<u32, usize> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(done) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                if let Some(uid) = served.remove(&id) {
+                    release(&mut per_uid, uid);
+                }
+            }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let ingest = ingest.clone();
-                        let shutdown = shutdown.clone();
-                        connections.spawn(async move {
-                            connection(stream, ingest, shutdown).await;
-                            drop(permit);
-                        });
+                Ok((stream, _)) => {
+                    let peer = Peer::of(&stream, &ingest.access);
+                    let held = per_uid.get(&peer.uid).copied().unwrap_or(0);
+                    let refusal = if served.len() >= ingest.max_connections {
+                        Some(format!(
+                            "too many connections (at most {}); nothing was done; try again later",
+                            ingest.max_connections
+                        ))
+                    } else if held >= ingest.share() {
+                        Some(format!(
+                            "too many connections from uid {} (at most {} of {}); nothing was done; try again later",
+                            peer.uid,
+                            ingest.share(),
+                            ingest.max_connections
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(error) = refusal {
+                        connections.spawn(refuse(stream, error));
+                        continue;
                     }
-                    Err(_) => {
-                        connections.spawn(refuse(stream, ingest.max_connections));
-                    }
-                },
+                    let ingest = ingest.clone();
+                    let shutdown = shutdown.clone();
+                    let uid = peer.uid;
+                    let task = connections.spawn(connection(stream, peer, ingest, shutdown));
+                    served.insert(task.id(), uid);
+                    *per_uid.entry(uid).or_default() += 1;
+                }
                 Err(e) => {
                     let pause = ACCEPT_PAUSE.as_millis();
                     log::warn!("Cannot accept a connection on the ingest socket: {e}; pausing {pause} ms");
@@ -141,14 +205,19 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// Answers a connection over `ingest.max_connections` with one error line and closes it. The
-/// code is `full` (section 7 has no closer one): like a full outbox, nothing was stored and
-/// trying again later is right, where `internal` would suggest a fault.
-async fn refuse(stream: UnixStream, limit: usize) {
-    let line = reply_err(
-        "full",
-        &format!("too many connections (at most {limit}); nothing was done; try again later"),
-    );
+fn release(per_uid: &mut HashMap<u32, usize>, uid: u32) {
+    if let Some(n) = per_uid.get_mut(&uid) {
+        *n -= 1;
+        if *n == 0 {
+            per_uid.remove(&uid);
+        }
+    }
+}
+
+/// Answers a connection over `ingest.max_connections`, or over its uid's share, with one
+/// `busy` line and closes it: nothing was done, and trying again later is right.
+async fn refuse(stream: UnixStream, error: String) {
+    let line = reply_err("busy", &error);
     let (mut read, mut write) = stream.into_split();
     let answer = async {
         write.write_all(&line).await?;
@@ -168,30 +237,62 @@ enum Pending {
     Control(oneshot::Receiver<Answer>),
 }
 
-async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
+/// What a connection's timer waits for.
+enum Due {
+    /// The end of a line already started.
+    Line,
+    /// The next request.
+    Request,
+}
+
+async fn connection(
+    stream: UnixStream,
+    peer: Peer,
+    ingest: Arc<Ingest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (read, write) = stream.into_split();
     let mut lines = FramedRead::new(read, LineCodec::new(ingest.max_line));
     let (tx, rx) = mpsc::channel::<Pending>(PIPELINE);
-    let writer = tokio::spawn(write_replies(write, rx));
+    // Requests not answered yet: a connection waiting for its answers is not idle.
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_replies(write, rx, waiting.clone()));
     // When the line being read must be finished; none between lines.
     let mut line_due: Option<tokio::time::Instant> = None;
+    let mut idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
     loop {
-        let stalled = async {
+        let timer = async {
             match line_due {
-                Some(due) => tokio::time::sleep_until(due).await,
-                None => std::future::pending().await,
+                Some(due) => {
+                    tokio::time::sleep_until(due).await;
+                    Due::Line
+                }
+                None => {
+                    tokio::time::sleep_until(idle_due).await;
+                    Due::Request
+                }
             }
         };
         let next = tokio::select! {
             _ = shutdown.changed() => break,
-            _ = stalled => {
-                let error = format!(
-                    "a request line was not finished within {} s; closing the connection",
-                    LINE_TIMEOUT.as_secs()
-                );
-                let _ = tx.send(Pending::Ready(reply_err("invalid", &error))).await;
-                break;
-            }
+            due = timer => match due {
+                Due::Line => {
+                    let error = format!(
+                        "a request line was not finished within {} s; closing the connection",
+                        LINE_TIMEOUT.as_secs()
+                    );
+                    let _ = tx.send(Pending::Ready(reply_err("invalid", &error))).await;
+                    break;
+                }
+                Due::Request if waiting.load(Ordering::Acquire) > 0 => {
+                    idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
+                    continue;
+                }
+                Due::Request => {
+                    log::debug!("Closing an ingest connection of uid {} idle for {:?}", peer.uid, ingest.idle_timeout);
+                    break;
+                }
+            },
             next = lines.next() => next,
         };
         line_due = None;
@@ -201,16 +302,23 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
                 line_due = Some(tokio::time::Instant::now() + LINE_TIMEOUT);
                 continue;
             }
-            Some(Ok(Line::Complete(line))) => match handle(&line, &ingest).await {
-                Some(p) => p,
-                None => continue,
-            },
-            Some(Ok(Line::TooLong)) => Pending::Ready(reply_err(
-                "too_large",
-                &format!("a request line is at most {} bytes", ingest.max_line),
-            )),
+            Some(Ok(Line::Complete(line))) => {
+                idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
+                match handle(&line, &peer, &ingest).await {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
+            Some(Ok(Line::TooLong)) => {
+                idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
+                Pending::Ready(reply_err(
+                    "too_large",
+                    &format!("a request line is at most {} bytes", ingest.max_line),
+                ))
+            }
             Some(Err(_)) => break,
         };
+        waiting.fetch_add(1, Ordering::AcqRel);
         if tx.send(pending).await.is_err() {
             break;
         }
@@ -220,7 +328,11 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
 }
 
 /// Writes each reply as its answer comes, in request order; flushes when none is waiting.
-async fn write_replies(write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>) {
+async fn write_replies(
+    write: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    waiting: Arc<AtomicUsize>,
+) {
     let mut out = BufWriter::new(write);
     while let Some(p) = rx.recv().await {
         let line = match p {
@@ -228,6 +340,7 @@ async fn write_replies(write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Re
             Pending::Append(answer) => append_reply(answer.await),
             Pending::Control(answer) => control_reply(answer.await),
         };
+        waiting.fetch_sub(1, Ordering::AcqRel);
         if out.write_all(&line).await.is_err() {
             return;
         }
@@ -339,28 +452,14 @@ impl Decoder for LineCodec {
     }
 }
 
-#[derive(Deserialize)]
-struct Request<'a> {
-    op: Option<&'a str>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    id: Option<String>,
-    status: Option<String>,
-    sink: Option<String>,
-    ids: Option<Vec<String>>,
-    all: Option<bool>,
-}
-
 /// What one request line asks for, decided from the line alone, before anything is done.
 #[derive(Debug)]
 pub enum Decoded {
     /// An answer that needs nobody else: an error reply or `ping`'s, one JSON line with its
     /// newline.
     Reply(Vec<u8>),
-    /// A request for the device source.
-    Control(Op),
+    /// A control request, checked: only an administrator may ask it.
+    Control(Control),
     /// An event to store.
     Event(event::NewEvent),
 }
@@ -372,56 +471,47 @@ pub fn decode(line: &[u8]) -> Option<Decoded> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    let req: Request<'_> = match serde_json::from_slice(line) {
-        Ok(r) => r,
-        Err(e) => {
-            return Some(Decoded::Reply(reply_err(
-                "invalid",
-                &format!("not a JSON request object: {e}"),
-            )));
-        }
-    };
     let refuse = |code: &str, msg: &str| Some(Decoded::Reply(reply_err(code, msg)));
-    let op = match req.op {
-        Some("emit") | None => return decode_event(req),
-        Some("ping") => return Some(Decoded::Reply(b"{\"ok\":true}\n".to_vec())),
-        Some("set-status") => match req.status {
-            Some(status) => Op::SetStatus(status),
-            None => return refuse("invalid", "`set-status` needs a `status`"),
-        },
-        Some("decommission") => Op::Decommission,
-        Some("provision") => Op::Provision,
-        Some("inventory-refresh") => Op::InventoryRefresh,
-        Some("redeliver") => {
-            let ids = match (req.ids, req.all) {
-                (Some(ids), None | Some(false)) if !ids.is_empty() => Some(ids),
-                (None, Some(true)) => None,
-                _ => {
-                    return refuse(
-                        "invalid",
-                        "`redeliver` needs either `ids` (a non-empty list) or `\"all\": true`",
-                    );
-                }
-            };
-            Op::Redeliver(crate::outbox::Redeliver {
-                sink: req.sink,
-                ids,
-            })
-        }
-        Some("reload") => Op::ReloadFiles,
-        Some("resume") => match req.sink {
-            Some(sink) => Op::Resume(sink),
-            None => return refuse("invalid", "`resume` needs a `sink`"),
-        },
-        Some(op) => {
+    let emit: Emit<'_> = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => return refuse("invalid", &format!("not a JSON request object: {e}")),
+    };
+    let op = match emit.op {
+        Some("emit") | None => return decode_event(emit),
+        Some(op) => op,
+    };
+    let control = match serde_json::from_slice::<Control>(line) {
+        Ok(c) => c,
+        Err(e) => {
             let op: String = op.chars().take(64).collect();
-            return refuse("unknown_op", &format!("unknown op `{op}`"));
+            return refuse("invalid", &format!("a bad `{op}` request: {e}"));
         }
     };
-    Some(Decoded::Control(op))
+    match control {
+        Control::Unknown => {
+            let op: String = op.chars().take(64).collect();
+            refuse("unknown_op", &format!("unknown op `{op}`"))
+        }
+        Control::Ping => Some(Decoded::Reply(Reply::Ok(Done::default()).line())),
+        Control::Redeliver {
+            ids: Some(ref ids),
+            all: None | Some(false),
+            ..
+        } if !ids.is_empty() => Some(Decoded::Control(control)),
+        Control::Redeliver {
+            ids: None,
+            all: Some(true),
+            ..
+        } => Some(Decoded::Control(control)),
+        Control::Redeliver { .. } => refuse(
+            "invalid",
+            "`redeliver` needs either `ids` (a non-empty list) or `\"all\": true`",
+        ),
+        control => Some(Decoded::Control(control)),
+    }
 }
 
-fn decode_event(req: Request<'_>) -> Option<Decoded> {
+fn decode_event(req: Emit<'_>) -> Option<Decoded> {
     let refuse = |msg: &str| Some(Decoded::Reply(reply_err("invalid", msg)));
     let Some(event_type) = req.event_type else {
         return refuse("an event needs a `type`");
@@ -446,11 +536,35 @@ fn decode_event(req: Request<'_>) -> Option<Decoded> {
     )))
 }
 
+/// The daemon's command for a control request (`ping` and unknown ops have none: `decode`
+/// answers them).
+fn op(control: Control) -> Option<Op> {
+    Some(match control {
+        Control::SetStatus { status } => Op::SetStatus(status),
+        Control::Decommission => Op::Decommission,
+        Control::Provision => Op::Provision,
+        Control::InventoryRefresh => Op::InventoryRefresh,
+        Control::Redeliver { sink, ids, all } => Op::Redeliver(crate::outbox::Redeliver {
+            sink,
+            ids: ids.filter(|_| all != Some(true)),
+        }),
+        Control::Resume { sink } => Op::Resume(sink),
+        Control::Reload => Op::ReloadFiles,
+        Control::Ping | Control::Unknown => return None,
+    })
+}
+
 /// Turns one line into its answer (or `None` for a blank line, which is no request).
-async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
+async fn handle(line: &[u8], peer: &Peer, ingest: &Ingest) -> Option<Pending> {
     Some(match decode(line)? {
         Decoded::Reply(line) => Pending::Ready(line),
-        Decoded::Control(op) => ask(ingest, op).await,
+        Decoded::Control(c) if !peer.admin => {
+            Pending::Ready(reply_err("forbidden", &ingest.access.refusal(&c, peer)))
+        }
+        Decoded::Control(c) => match op(c) {
+            Some(op) => ask(ingest, op).await,
+            None => Pending::Ready(reply_err("unknown_op", "not a control op")),
+        },
         Decoded::Event(ev) => Pending::Append(ingest.outbox.submit(ev).await),
     })
 }
@@ -464,14 +578,7 @@ async fn ask(ingest: &Ingest, op: Op) -> Pending {
 
 fn control_reply(answer: Result<Answer, oneshot::error::RecvError>) -> Vec<u8> {
     match answer {
-        Ok(Ok(mut fields)) => {
-            let mut v = serde_json::Map::new();
-            v.insert("ok".into(), true.into());
-            v.append(&mut fields);
-            let mut line = serde_json::to_vec(&v).expect("a Map serialises");
-            line.push(b'\n');
-            line
-        }
+        Ok(Ok(done)) => Reply::Ok(done).line(),
         Ok(Err(refusal)) => reply_err(refusal.code, &refusal.error),
         Err(_) => reply_err("internal", "the daemon is stopping; nothing was done"),
     }
@@ -481,12 +588,7 @@ fn append_reply(
     answer: Result<Result<Appended, AppendError>, oneshot::error::RecvError>,
 ) -> Vec<u8> {
     match answer {
-        Ok(Ok(a)) => {
-            let mut line = serde_json::to_vec(&serde_json::json!({"ok": true, "id": a.id}))
-                .expect("a Value serialises");
-            line.push(b'\n');
-            line
-        }
+        Ok(Ok(a)) => Reply::Ok(Done::stored(a.id)).line(),
         Ok(Err(AppendError::Full)) => reply_err("full", "the outbox is full"),
         Ok(Err(AppendError::NoSpace)) => reply_err("full", NO_SPACE),
         Ok(Err(AppendError::Decommissioned)) => reply_err(
@@ -509,11 +611,7 @@ fn append_reply(
 pub(crate) const NO_SPACE: &str = "the disk holding the outbox is full; the event was not stored";
 
 fn reply_err(code: &str, error: &str) -> Vec<u8> {
-    let mut line =
-        serde_json::to_vec(&serde_json::json!({"ok": false, "code": code, "error": error}))
-            .expect("a Value serialises");
-    line.push(b'\n');
-    line
+    Reply::err(code, error).line()
 }
 
 #[cfg(test)]
