@@ -39,8 +39,8 @@ use crate::protocol::{Control, Done, Emit, Reply};
 pub const PIPELINE: usize = 256;
 
 /// How long the start of a request line may wait for its newline. A client that stalls
-/// mid-line holds up to `max_event_bytes` of buffer and a connection slot; an idle connection
-/// between lines holds neither buffer nor doubt and stays open.
+/// mid-line holds up to `max_event_bytes` of buffer and a connection slot; between lines a
+/// connection holds no buffer, and `idle_timeout` bounds how long it keeps its slot.
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a refused connection gets to take its error line.
