@@ -16,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::json;
 
 /// The ops only an administrator may ask, one request line each.
 const ADMIN_OPS: [&str; 7] = [
@@ -384,6 +385,52 @@ fn a_connection_with_no_request_for_idle_timeout_is_closed() {
         .expect("end of file, not an error");
     assert_eq!(n, 0, "closed without a line: {rest:?}");
     served(&mut busy).unwrap();
+}
+
+#[test]
+fn a_client_that_reads_no_reply_for_idle_timeout_is_closed() {
+    let setup = Setup::new("");
+    setup.write_config_sections("", "idle_timeout = \"1s\"", "");
+    let _daemon = setup.start();
+    let mut s = setup.client_stream();
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    // Requests whose replies are large (every id is `missing`), more of them than the socket
+    // holds: the daemon's writer waits on a client that reads nothing, answers pending.
+    let ids: Vec<String> = (0..1000).map(|n| format!("{n:0>40}")).collect();
+    let request = format!("{}\n", json!({"op": "redeliver", "ids": ids}));
+    let sent = 40;
+    for _ in 0..sent {
+        s.write_all(request.as_bytes()).unwrap();
+    }
+    // Then nothing more: no request, no reply read. The daemon's end closing shows as a
+    // hang-up on ours.
+    let since = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "the connection to be closed",
+        || hung_up(&s),
+    );
+    let took = since.elapsed();
+    eprintln!("{sent} replies of 45 KB unread; closed {took:?} after the last request");
+    assert!(took < Duration::from_secs(20), "closed only after {took:?}");
+    assert!(edgehook::client::daemon_running(&setup.socket()));
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(setup.dir.path().join("daemon.log")).unwrap()
+    );
+}
+
+/// Whether the other end of `s` has closed (`POLLHUP`), whatever is left unread.
+fn hung_up(s: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = nix::libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { nix::libc::poll(&mut fd, 1, 0) };
+    n == 1 && fd.revents & nix::libc::POLLHUP != 0
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! Each connection reads requests as fast as the client sends them and queues their answers,
 //! so a client that pipelines many events gets them committed together; a bounded queue keeps
 //! a client that never reads its replies from growing memory. A line left unfinished is timed
-//! out, a connection with no request for `idle_timeout` is closed, and a connection over
+//! out, a connection with no request for `idle_timeout` (or whose client reads none of its
+//! replies for that long) is closed, and a connection over
 //! `max_connections`, or over its uid's half of them, gets one `busy` line and is closed.
 //! The peer's credentials (`SO_PEERCRED`) decide who may ask the ops that change the device or
 //! its deliveries (`access.rs`).
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -254,9 +255,9 @@ async fn connection(
     let (read, write) = stream.into_split();
     let mut lines = FramedRead::new(read, LineCodec::new(ingest.max_line));
     let (tx, rx) = mpsc::channel::<Pending>(PIPELINE);
-    // Requests not answered yet: a connection waiting for its answers is not idle.
-    let waiting = Arc::new(AtomicUsize::new(0));
-    let writer = tokio::spawn(write_replies(write, rx, waiting.clone()));
+    let progress = Arc::new(Progress::default());
+    let writer = tokio::spawn(write_replies(write, rx, progress.clone()));
+    let mut seen = 0;
     // When the line being read must be finished; none between lines.
     let mut line_due: Option<tokio::time::Instant> = None;
     let mut idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
@@ -284,13 +285,17 @@ async fn connection(
                     let _ = tx.send(Pending::Ready(reply_err("invalid", &error))).await;
                     break;
                 }
-                Due::Request if waiting.load(Ordering::Acquire) > 0 => {
-                    idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
-                    continue;
+                Due::Request if progress.idle(&mut seen) => {
+                    log::debug!("Closing an ingest connection of uid {} idle for {:?}", peer.uid, ingest.idle_timeout);
+                    // A writer still writing waits on a client that reads nothing.
+                    if progress.writing.load(Ordering::Acquire) {
+                        writer.abort();
+                    }
+                    break;
                 }
                 Due::Request => {
-                    log::debug!("Closing an ingest connection of uid {} idle for {:?}", peer.uid, ingest.idle_timeout);
-                    break;
+                    idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
+                    continue;
                 }
             },
             next = lines.next() => next,
@@ -318,8 +323,17 @@ async fn connection(
             }
             Some(Err(_)) => break,
         };
-        waiting.fetch_add(1, Ordering::AcqRel);
-        if tx.send(pending).await.is_err() {
+        progress.waiting.fetch_add(1, Ordering::AcqRel);
+        // A client that stopped reading its replies fills the queue: it is idle too.
+        let sent = tokio::select! {
+            sent = tx.send(pending) => sent.is_ok(),
+            () = progress.stuck(ingest.idle_timeout) => {
+                log::debug!("Closing an ingest connection of uid {} that read no reply for {:?}", peer.uid, ingest.idle_timeout);
+                writer.abort();
+                false
+            }
+        };
+        if !sent {
             break;
         }
     }
@@ -327,11 +341,45 @@ async fn connection(
     let _ = writer.await;
 }
 
+/// How far a connection's answers are, as its writer tells the reading side.
+#[derive(Default)]
+struct Progress {
+    /// Requests read and not yet answered.
+    waiting: AtomicUsize,
+    /// Replies written so far.
+    written: AtomicUsize,
+    /// Whether the writer waits for the client to take bytes (rather than for an answer).
+    writing: AtomicBool,
+}
+
+impl Progress {
+    /// Whether a connection whose idle timer ran out is idle: every request is answered, or
+    /// the client has read no reply since the last look (`seen`). A connection waiting for
+    /// the daemon's answer is not.
+    fn idle(&self, seen: &mut usize) -> bool {
+        let written = self.written.load(Ordering::Acquire);
+        let progressed = std::mem::replace(seen, written) != written;
+        let writing = self.writing.load(Ordering::Acquire);
+        (self.waiting.load(Ordering::Acquire) == 0 && !writing) || (writing && !progressed)
+    }
+
+    /// Returns once the writer has waited on a client that reads nothing for `timeout`.
+    async fn stuck(&self, timeout: Duration) {
+        let mut seen = self.written.load(Ordering::Acquire);
+        loop {
+            tokio::time::sleep(timeout).await;
+            if self.writing.load(Ordering::Acquire) && self.idle(&mut seen) {
+                return;
+            }
+        }
+    }
+}
+
 /// Writes each reply as its answer comes, in request order; flushes when none is waiting.
 async fn write_replies(
     write: tokio::net::unix::OwnedWriteHalf,
     mut rx: mpsc::Receiver<Pending>,
-    waiting: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
 ) {
     let mut out = BufWriter::new(write);
     while let Some(p) = rx.recv().await {
@@ -340,13 +388,16 @@ async fn write_replies(
             Pending::Append(answer) => append_reply(answer.await),
             Pending::Control(answer) => control_reply(answer.await),
         };
-        waiting.fetch_sub(1, Ordering::AcqRel);
+        progress.waiting.fetch_sub(1, Ordering::AcqRel);
+        progress.writing.store(true, Ordering::Release);
         if out.write_all(&line).await.is_err() {
             return;
         }
         if rx.is_empty() && out.flush().await.is_err() {
             return;
         }
+        progress.writing.store(false, Ordering::Release);
+        progress.written.fetch_add(1, Ordering::AcqRel);
     }
     let _ = out.flush().await;
 }
