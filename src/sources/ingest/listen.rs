@@ -47,9 +47,11 @@ fn inherited(configured: &Path) -> Option<std::os::unix::net::UnixListener> {
         // SAFETY: systemd passed this descriptor for the process to own, and nothing else
         // here takes it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
+        // Refused only when the socket says it is not one; an emulator may not answer the
+        // question (qemu-user), and `local_addr` still checks it is a Unix socket.
+        let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(true);
         let stream = getsockopt(&owned, sockopt::SockType)
-            .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
+            .map_or(true, |t| t == nix::sys::socket::SockType::Stream);
         let listener = std::os::unix::net::UnixListener::from(owned);
         let path = match listener.local_addr() {
             Ok(a) if listening && stream => a.as_pathname().map(Path::to_path_buf),
