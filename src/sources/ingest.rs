@@ -84,9 +84,19 @@ impl Ingest {
         }
     }
 
-    /// How many connections one uid may hold.
-    fn share(&self) -> usize {
-        (self.max_connections / 2).max(1)
+    /// Why one more connection, of `uid` which holds `held`, is refused while `open` are
+    /// served; `None` when it is not.
+    fn over_limit(&self, open: usize, uid: u32, held: usize) -> Option<String> {
+        let share = (self.max_connections / 2).max(1);
+        let max = self.max_connections;
+        let why = if open >= max {
+            format!("too many connections (at most {max})")
+        } else if held >= share {
+            format!("too many connections from uid {uid} (at most {share} of {max})")
+        } else {
+            return None;
+        };
+        Some(format!("{why}; nothing was done; try again later"))
     }
 }
 
@@ -168,22 +178,7 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     let peer = Peer::of(&stream, &ingest.access);
                     let held = per_uid.get(&peer.uid).copied().unwrap_or(0);
-                    let refusal = if served.len() >= ingest.max_connections {
-                        Some(format!(
-                            "too many connections (at most {}); nothing was done; try again later",
-                            ingest.max_connections
-                        ))
-                    } else if held >= ingest.share() {
-                        Some(format!(
-                            "too many connections from uid {} (at most {} of {}); nothing was done; try again later",
-                            peer.uid,
-                            ingest.share(),
-                            ingest.max_connections
-                        ))
-                    } else {
-                        None
-                    };
-                    if let Some(error) = refusal {
+                    if let Some(error) = ingest.over_limit(served.len(), peer.uid, held) {
                         connections.spawn(refuse(stream, error));
                         continue;
                     }
