@@ -268,7 +268,7 @@ fn a_member_of_the_admin_group_may_ask_the_admin_ops() {
     let admins = TestGroup::new("admins");
     let operator = TestUser::new("operator", &[&apps, &admins]);
     let other = TestUser::new("other", &[&apps]);
-    let (setup, _daemon) = daemon(&apps, &format!("admin_group = \"{}\"", admins.name));
+    let (setup, daemon) = daemon(&apps, &format!("admin_group = \"{}\"", admins.name));
 
     let out = operator.run(&setup.config, &["set-status", "maintenance"]);
     assert!(
@@ -293,9 +293,19 @@ fn a_member_of_the_admin_group_may_ask_the_admin_ops() {
         ask(&mut s, r#"{"op":"set-status","status":"ready"}"#)["ok"],
         true
     );
-    // Anyone else is not.
+    // Anyone else is not, until added to the group and the daemon reloaded.
     let mut s = other.connect(&setup.socket(), &[apps.gid]).unwrap();
     assert_eq!(ask(&mut s, r#"{"op":"provision"}"#)["code"], "forbidden");
+    shadow_tool(&["gpasswd", "--add", &other.name, &admins.name]);
+    let out = other.run(&setup.config, &["set-status", "promoted"]);
+    assert_eq!(out.status.code(), Some(77), "before the reload");
+    daemon.hup();
+    wait_until(Duration::from_secs(30), "the new member let in", || {
+        other
+            .run(&setup.config, &["set-status", "promoted"])
+            .status
+            .success()
+    });
 }
 
 /// Whether `s` is served: it answers a ping (a refused connection got a `busy` line).

@@ -57,6 +57,8 @@ struct Pipeline {
     config_path: PathBuf,
     /// Requests for the device source.
     device: mpsc::Sender<control::Request>,
+    /// Who may use the socket's admin ops (`ingest.admin_group`, resolved again at a reload).
+    access: Arc<ingest::Rules>,
 }
 
 impl Pipeline {
@@ -123,6 +125,9 @@ impl Pipeline {
             .shutdown_timeout
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        self.access.set(ingest::Access::resolve(
+            config.ingest.admin_group.as_deref(),
+        ));
         stop_all(std::mem::take(&mut *sinks), Instant::now() + timeout);
         let result = match self.start_sinks(&config) {
             Ok(runners) => {
@@ -324,6 +329,9 @@ pub fn run_until(
         shutdown_timeout: Mutex::new(config.shutdown_timeout),
         config_path: config.path.clone(),
         device: device_tx,
+        access: Arc::new(ingest::Rules::new(ingest::Access::resolve(
+            config.ingest.admin_group.as_deref(),
+        ))),
     });
     let runners = pipeline.start_sinks(&config)?;
     let sink_count = runners.len();
@@ -436,6 +444,7 @@ async fn serve(
     let ingest = Arc::new(Ingest::new(
         pipeline.outbox.clone(),
         &config.ingest,
+        pipeline.access.clone(),
         control_tx,
     ));
     // The first start's `device-provisioned` goes into the outbox before any other event.

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, FramedRead};
 
-pub use access::{Access, Peer};
+pub use access::{Access, Peer, Rules};
 pub use listen::{Listening, listen};
 
 use super::control::{self, Answer, Op};
@@ -62,16 +62,17 @@ pub struct Ingest {
     /// How long a connection may go without a request before it is closed.
     pub idle_timeout: Duration,
     /// Who may ask the ops that change the device or its deliveries.
-    pub access: Access,
+    pub access: Arc<Rules>,
     /// Where control requests go.
     pub control: mpsc::Sender<control::Request>,
 }
 
 impl Ingest {
-    /// The socket's settings from `[ingest]`; `ingest.admin_group` is resolved here, once.
+    /// The socket's settings from `[ingest]`, with the access rules the daemon keeps current.
     pub fn new(
         outbox: Outbox,
         config: &crate::config::Ingest,
+        access: Arc<Rules>,
         control: mpsc::Sender<control::Request>,
     ) -> Ingest {
         Ingest {
@@ -79,7 +80,7 @@ impl Ingest {
             max_line: config.max_event_bytes as usize,
             max_connections: config.max_connections as usize,
             idle_timeout: config.idle_timeout,
-            access: Access::resolve(config.admin_group.as_deref()),
+            access,
             control,
         }
     }
@@ -176,7 +177,7 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let peer = Peer::of(&stream, &ingest.access);
+                    let peer = Peer::of(&stream, &ingest.access.get());
                     let held = per_uid.get(&peer.uid).copied().unwrap_or(0);
                     if let Some(error) = ingest.over_limit(served.len(), peer.uid, held) {
                         connections.spawn(refuse(stream, error));
@@ -604,9 +605,10 @@ fn op(control: Control) -> Option<Op> {
 async fn handle(line: &[u8], peer: &Peer, ingest: &Ingest) -> Option<Pending> {
     Some(match decode(line)? {
         Decoded::Reply(line) => Pending::Ready(line),
-        Decoded::Control(c) if !peer.admin => {
-            Pending::Ready(reply_err("forbidden", &ingest.access.refusal(&c, peer)))
-        }
+        Decoded::Control(c) if !peer.admin => Pending::Ready(reply_err(
+            "forbidden",
+            &ingest.access.get().refusal(&c, peer),
+        )),
         Decoded::Control(c) => match op(c) {
             Some(op) => ask(ingest, op).await,
             None => Pending::Ready(reply_err("unknown_op", "not a control op")),

@@ -1,7 +1,9 @@
 //! Who may do what on the socket (SPEC §7): `emit` and `ping` are open to whoever can connect;
 //! every other op is for root, the daemon's own user and the members of `ingest.admin_group`.
-//! The group is resolved once, when the socket's settings are made, so a request costs no
-//! lookup: a peer is judged by its credentials (`SO_PEERCRED`) when it connects.
+//! The group is resolved at start and at each reload, so a request costs no lookup: a peer is
+//! judged by its credentials (`SO_PEERCRED`) when it connects.
+
+use std::sync::{Arc, RwLock};
 
 use tokio::net::UnixStream;
 
@@ -23,6 +25,28 @@ struct AdminGroup {
     gid: u32,
     /// The uids of the users the group database lists as members.
     members: Vec<u32>,
+}
+
+/// The rules in force: the daemon replaces them at a reload, connections read them when they
+/// start (the lock is never held across anything but a clone).
+#[derive(Debug)]
+pub struct Rules(RwLock<Arc<Access>>);
+
+impl Rules {
+    /// Rules starting as `access`.
+    pub fn new(access: Access) -> Rules {
+        Rules(RwLock::new(Arc::new(access)))
+    }
+
+    /// The rules now.
+    pub fn get(&self) -> Arc<Access> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the rules (connections made from now on are judged by them).
+    pub fn set(&self, access: Access) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+    }
 }
 
 /// A connected client, as its credentials say.
