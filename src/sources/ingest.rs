@@ -3,10 +3,10 @@
 //! so a client that pipelines many events gets them committed together; a bounded queue keeps
 //! a client that never reads its replies from growing memory. A line left unfinished is timed
 //! out, a connection with no request for `idle_timeout` (or whose client reads none of its
-//! replies for that long) is closed, and a connection over
-//! `max_connections`, or over its uid's half of them, gets one `busy` line and is closed.
-//! The peer's credentials (`SO_PEERCRED`) decide who may ask the ops that change the device or
-//! its deliveries (`access.rs`).
+//! replies for that long) is closed, and a connection over `max_connections`, or over its
+//! uid's half of them, gets one `busy` line and is closed. The peer's credentials
+//! (`SO_PEERCRED`) decide who may ask the ops that change the device or its deliveries
+//! (`access.rs`).
 
 mod access;
 mod listen;
@@ -202,6 +202,7 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+/// Gives back a connection of `uid`.
 fn release(per_uid: &mut HashMap<u32, usize>, uid: u32) {
     if let Some(n) = per_uid.get_mut(&uid) {
         *n -= 1;
@@ -234,14 +235,6 @@ enum Pending {
     Control(oneshot::Receiver<Answer>),
 }
 
-/// What a connection's timer waits for.
-enum Due {
-    /// The end of a line already started.
-    Line,
-    /// The next request.
-    Request,
-}
-
 async fn connection(
     stream: UnixStream,
     peer: Peer,
@@ -256,32 +249,36 @@ async fn connection(
     let mut seen = 0;
     // When the line being read must be finished; none between lines.
     let mut line_due: Option<tokio::time::Instant> = None;
-    let mut idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
+    // Between lines: one timer, moved on only when it fires, so a busy connection does not
+    // set a timer per request.
+    let mut last_request = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(ingest.idle_timeout);
+    tokio::pin!(idle);
     loop {
-        let timer = async {
+        let stalled = async {
             match line_due {
-                Some(due) => {
-                    tokio::time::sleep_until(due).await;
-                    Due::Line
-                }
-                None => {
-                    tokio::time::sleep_until(idle_due).await;
-                    Due::Request
-                }
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
             }
         };
         let next = tokio::select! {
             _ = shutdown.changed() => break,
-            due = timer => match due {
-                Due::Line => {
-                    let error = format!(
-                        "a request line was not finished within {} s; closing the connection",
-                        LINE_TIMEOUT.as_secs()
-                    );
-                    let _ = tx.send(Pending::Ready(reply_err("invalid", &error))).await;
-                    break;
+            _ = stalled => {
+                let error = format!(
+                    "a request line was not finished within {} s; closing the connection",
+                    LINE_TIMEOUT.as_secs()
+                );
+                let _ = tx.send(Pending::Ready(reply_err("invalid", &error))).await;
+                break;
+            }
+            () = &mut idle, if line_due.is_none() => {
+                let now = tokio::time::Instant::now();
+                let due = last_request + ingest.idle_timeout;
+                if due > now {
+                    idle.as_mut().reset(due);
+                    continue;
                 }
-                Due::Request if progress.idle(&mut seen) => {
+                if progress.idle(&mut seen) {
                     log::debug!("Closing an ingest connection of uid {} idle for {:?}", peer.uid, ingest.idle_timeout);
                     // A writer still writing waits on a client that reads nothing.
                     if progress.writing.load(Ordering::Acquire) {
@@ -289,11 +286,9 @@ async fn connection(
                     }
                     break;
                 }
-                Due::Request => {
-                    idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
-                    continue;
-                }
-            },
+                idle.as_mut().reset(now + ingest.idle_timeout);
+                continue;
+            }
             next = lines.next() => next,
         };
         line_due = None;
@@ -304,14 +299,14 @@ async fn connection(
                 continue;
             }
             Some(Ok(Line::Complete(line))) => {
-                idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
+                last_request = tokio::time::Instant::now();
                 match handle(&line, &peer, &ingest).await {
                     Some(p) => p,
                     None => continue,
                 }
             }
             Some(Ok(Line::TooLong)) => {
-                idle_due = tokio::time::Instant::now() + ingest.idle_timeout;
+                last_request = tokio::time::Instant::now();
                 Pending::Ready(reply_err(
                     "too_large",
                     &format!("a request line is at most {} bytes", ingest.max_line),
@@ -320,7 +315,13 @@ async fn connection(
             Some(Err(_)) => break,
         };
         progress.waiting.fetch_add(1, Ordering::AcqRel);
-        // A client that stopped reading its replies fills the queue: it is idle too.
+        let pending = match tx.try_send(pending) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+            Err(mpsc::error::TrySendError::Full(pending)) => pending,
+        };
+        // The queue is full: the client may have stopped reading its replies, which is idle
+        // too.
         let sent = tokio::select! {
             sent = tx.send(pending) => sent.is_ok(),
             () = progress.stuck(ingest.idle_timeout) => {
