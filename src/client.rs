@@ -6,7 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::Serialize;
+
+pub use crate::protocol::{Control, Done, Emit, Reply, Request};
 
 /// Why the daemon could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -25,20 +27,6 @@ pub enum ClientError {
     /// The daemon answered something that is not a reply.
     #[error("the daemon sent an unreadable reply: {0}")]
     BadReply(String),
-}
-
-/// A reply from the daemon.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reply {
-    /// `{"ok":true, …}`.
-    Ok(Value),
-    /// `{"ok":false,"code":…,"error":…}`.
-    Err {
-        /// The error code.
-        code: String,
-        /// The message.
-        error: String,
-    },
 }
 
 /// A connection to the daemon.
@@ -61,15 +49,16 @@ impl Client {
         })
     }
 
-    /// Sends one request and reads its reply.
-    pub fn call(&mut self, request: &Value) -> Result<Reply, ClientError> {
+    /// Sends one request (a [`Request`], a [`Control`]; tests also write JSON values the
+    /// protocol's types would not) and reads its reply.
+    pub fn call<R: Serialize + ?Sized>(&mut self, request: &R) -> Result<Reply, ClientError> {
         self.send(request)?;
         self.recv()
     }
 
     /// Sends one request without waiting for its reply.
-    pub fn send(&mut self, request: &Value) -> Result<(), ClientError> {
-        let mut line = serde_json::to_vec(request).expect("a Value serialises");
+    pub fn send<R: Serialize + ?Sized>(&mut self, request: &R) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
         line.push(b'\n');
         self.writer.write_all(&line)?;
         Ok(())
@@ -87,22 +76,13 @@ impl Client {
         if self.reader.read_line(&mut line)? == 0 {
             return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        let v: Value =
-            serde_json::from_str(&line).map_err(|_| ClientError::BadReply(line.clone()))?;
-        match v.get("ok").and_then(Value::as_bool) {
-            Some(true) => Ok(Reply::Ok(v)),
-            Some(false) => Ok(Reply::Err {
-                code: v["code"].as_str().unwrap_or("internal").to_string(),
-                error: v["error"].as_str().unwrap_or("").to_string(),
-            }),
-            None => Err(ClientError::BadReply(line)),
-        }
+        serde_json::from_str(&line).map_err(|_| ClientError::BadReply(line))
     }
 }
 
 /// Whether a daemon answers `ping` on `path`.
 pub fn daemon_running(path: &Path) -> bool {
     Client::connect(path)
-        .and_then(|mut c| c.call(&serde_json::json!({"op": "ping"})))
+        .and_then(|mut c| c.call(&Control::Ping))
         .is_ok_and(|r| matches!(r, Reply::Ok(_)))
 }

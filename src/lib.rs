@@ -15,6 +15,8 @@
 //!   runs on the async runtime); `signing` holds the signature schemes and their verification.
 //! - [`daemon`]: wiring, signals, reload, systemd notification and logging.
 //! - [`client`]: the blocking socket client used by commands that talk to the daemon.
+//! - [`protocol`]: the socket's requests and replies, one set of types for the client and the
+//!   server.
 //! - [`receiver`]: the verifying webhook receiver behind `edgehook receive` and `edgehook demo`.
 //! - [`cli`]: the command line, one file per command, and the exit codes.
 //! - [`memory`]: what the daemon gives back to the system at rest (free heap, its hold on the
@@ -28,6 +30,7 @@ pub mod daemon;
 pub mod event;
 pub mod memory;
 pub mod outbox;
+pub mod protocol;
 pub mod receiver;
 pub mod sinks;
 pub mod sources;

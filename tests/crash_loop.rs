@@ -212,10 +212,10 @@ fn produce(socket: &Path, producer: usize, n: usize, allowed: &AtomicUsize) -> V
                 Ok(Reply::Ok(v)) => {
                     let (i, first_sent, resent) =
                         in_flight.pop_front().expect("a request in flight");
-                    let id = v["id"].as_str().expect("an id");
+                    let id = v.id.expect("an id");
                     assert_eq!(id, event_id(producer, i), "a reply out of order");
                     acked.push(Acked {
-                        id: id.to_string(),
+                        id,
                         producer,
                         first_sent,
                         acked: Instant::now(),

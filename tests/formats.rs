@@ -19,7 +19,7 @@ fn emit_raw(setup: &Setup, line: &str) -> String {
     let mut c = setup.client();
     c.send_raw(format!("{line}\n").as_bytes()).unwrap();
     match c.recv().unwrap() {
-        Reply::Ok(v) => v["id"].as_str().unwrap().to_string(),
+        Reply::Ok(v) => v.id.unwrap(),
         Reply::Err { code, error } => panic!("refused: {code}: {error}"),
     }
 }

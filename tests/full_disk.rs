@@ -103,7 +103,7 @@ fn produce(socket: &Path, client: usize, n: usize, tally: &Mutex<Tally>) {
         answered += 1;
         let mut t = tally.lock().unwrap();
         match reply {
-            Reply::Ok(v) => t.acked.push(v["id"].as_str().expect("id").to_string()),
+            Reply::Ok(v) => t.acked.push(v.id.expect("id")),
             Reply::Err { code, error } => t.refused.push((code, error)),
         }
     }
@@ -204,7 +204,7 @@ fn a_full_disk_refuses_new_events_keeps_delivering_and_accepts_again_once_space_
         let mut c = Client::connect(&setup.socket()).expect("connect");
         match c.call(&json!({"type": "sensor.reading", "data": {"probe": true}})) {
             Ok(Reply::Ok(v)) => {
-                first.push(v["id"].as_str().unwrap().to_string());
+                first.push(v.id.unwrap());
                 true
             }
             _ => false,

@@ -211,7 +211,7 @@ fn garbage_and_oversized_lines_get_error_replies_while_other_clients_are_served(
                 )
             }
             Reply::Ok(v) => panic!(
-                "accepted {:?}: {v}",
+                "accepted {:?}: {v:?}",
                 String::from_utf8_lossy(&line[..line.len().min(40)])
             ),
         }
@@ -252,7 +252,7 @@ fn a_pipelining_client_gets_its_replies_in_request_order() {
     c.send_raw(&lines).unwrap();
     for n in 0..50 {
         match c.recv().unwrap() {
-            Reply::Ok(v) => assert_eq!(v["id"], format!("id-{n}")),
+            Reply::Ok(v) => assert_eq!(v.id, Some(format!("id-{n}"))),
             Reply::Err { code, .. } => {
                 assert!(n % 10 == 3 && code == "invalid", "reply {n}: {code}")
             }

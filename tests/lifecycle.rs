@@ -160,7 +160,7 @@ fn set_status_emits_only_when_the_status_changes() {
     let Reply::Ok(v) = reply else {
         panic!("{reply:?}")
     };
-    assert_eq!(v["changed"], true);
+    assert_eq!(v.changed, Some(true));
     assert!(matches!(
         client.call(&json!({"op": "set-status"})).unwrap(),
         Reply::Err { code, .. } if code == "invalid"

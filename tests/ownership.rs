@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use edgehook::client::{Client, Reply};
+use edgehook::protocol::Done;
 use serde_json::{Value, json};
 
 /// How long a command that should exit at once may take (generous: qemu starts slowly).
@@ -211,13 +212,17 @@ fn an_id_sent_again_with_the_same_type_and_data_is_a_duplicate_stored_and_delive
         .unwrap();
     assert_eq!(
         reply,
-        Reply::Ok(json!({"ok": true, "id": "7", "duplicate": true}))
+        Reply::Ok(Done {
+            id: Some("7".into()),
+            duplicate: Some(true),
+            ..Done::default()
+        })
     );
     // A new id is no duplicate, and says nothing of it.
     let reply = client
         .call(&json!({"op": "emit", "id": "8", "type": "app-a.reading", "data": 1}))
         .unwrap();
-    assert_eq!(reply, Reply::Ok(json!({"ok": true, "id": "8"})));
+    assert_eq!(reply, Reply::Ok(Done::stored("8")));
 
     receiver.restart();
     wait_until(Duration::from_secs(30), "both deliveries", || {

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::exit::{Code, Failure};
 use super::table::{Table, ago, rfc3339};
-use crate::client::daemon_running;
+use crate::client::{Control, daemon_running};
 use crate::outbox::{Outbox, Redeliver, StoreError, dead_letters, now_ms, open_ro};
 
 /// Arguments of `dead-letters`.
@@ -99,21 +99,12 @@ pub(super) fn redeliver(config_path: &Path, a: RedeliverArgs) -> Result<Code, Fa
         ids: (!a.all).then_some(a.ids),
     };
     let (count, missing) = if daemon_running(&config.ingest.socket) {
-        let mut request = json!({"op": "redeliver", "sink": which.sink});
-        match &which.ids {
-            Some(ids) => request["ids"] = json!(ids),
-            None => request["all"] = json!(true),
-        }
-        let reply = super::ask_daemon(config_path, &request)?;
-        let missing: Vec<String> = reply["missing"]
-            .as_array()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        (reply["redelivered"].as_u64().unwrap_or(0), missing)
+        let request = Control::redeliver(which.sink, which.ids);
+        let reply = super::ask_daemon(config_path, request)?;
+        (
+            reply.redelivered.unwrap_or(0),
+            reply.missing.unwrap_or_default(),
+        )
     } else {
         // The outbox's lock closes the race with a daemon starting since it did not answer.
         let (outbox, _, thread) = Outbox::open(&config.storage, config.device.id.as_deref())
@@ -149,8 +140,11 @@ pub(super) fn redeliver(config_path: &Path, a: RedeliverArgs) -> Result<Code, Fa
 }
 
 pub(super) fn resume(config_path: &Path, a: ResumeArgs) -> Result<Code, Failure> {
-    let reply = super::ask_daemon(config_path, &json!({"op": "resume", "sink": a.sink}))?;
-    if reply["changed"] == true {
+    let request = Control::Resume {
+        sink: a.sink.clone(),
+    };
+    let reply = super::ask_daemon(config_path, request)?;
+    if reply.changed == Some(true) {
         outln!("Sink {} resumed", a.sink);
     } else {
         outln!("Sink {} was not paused", a.sink);

@@ -5,10 +5,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::exit::{Code, Failure};
-use crate::client::{Client, Reply};
+use crate::client::{Client, Emit, Reply, Request};
 use crate::config::Config;
 use crate::receiver::{Receiver, Verifier};
 use crate::sinks::signing::{Scheme, generate_secret};
+use serde_json::value::RawValue;
 
 /// A line of the demo's output. Once its reader has gone (`edgehook demo | head`), `stop` is
 /// raised, as Ctrl-C raises it: the demo stops its daemon and removes its directory (with the
@@ -136,10 +137,15 @@ pub(super) fn run(a: Args) -> Result<Code, Failure> {
     while !done(received, own) && !interrupted.load(std::sync::atomic::Ordering::SeqCst) {
         if total.is_none_or(|n| emitted < n) {
             let (t, data) = SAMPLES[(emitted as usize) % SAMPLES.len()];
-            let data: serde_json::Value = serde_json::from_str(data).expect("samples are JSON");
-            match client.call(&serde_json::json!({"type": t, "data": data}))? {
-                Reply::Ok(v) => {
-                    let id = v["id"].as_str().unwrap_or_default().to_string();
+            let data: &RawValue = serde_json::from_str(data).expect("samples are JSON");
+            let request = Request::Emit(Emit {
+                event_type: Some(t.to_string()),
+                data: Some(data),
+                ..Emit::default()
+            });
+            match client.call(&request)? {
+                Reply::Ok(done) => {
+                    let id = done.id.unwrap_or_default();
                     say!(
                         interrupted,
                         "  → emitted   {t:<20} {id}  (stored durably, then acknowledged)"

@@ -3,11 +3,10 @@
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::exit::{Code, Failure};
-use crate::client::{Client, Reply};
+use crate::client::{Client, Emit, Reply, Request};
 
 /// Arguments of `emit`.
 #[derive(Debug, clap::Args)]
@@ -23,16 +22,6 @@ pub struct Args {
     /// the first is in the outbox, the event is stored once; with others it is refused (exit 65)
     #[arg(long)]
     pub id: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Request<'a> {
-    op: &'static str,
-    #[serde(rename = "type")]
-    event_type: &'a str,
-    data: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
 }
 
 pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
@@ -58,20 +47,17 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
         .map_err(|e| Failure::new(Code::DataErr, e.to_string()))?;
     let config = super::load(config_path)?;
     let mut client = Client::connect(&config.ingest.socket)?;
-    let mut line = serde_json::to_vec(&Request {
-        op: "emit",
-        event_type: &a.event_type,
-        data: &data,
-        id: a.id.as_deref(),
-    })
-    .expect("a request serialises");
-    line.push(b'\n');
-    client.send_raw(&line)?;
-    match client.recv()? {
-        Reply::Ok(v) => {
-            let id = v["id"].as_str().unwrap_or_default();
+    let request = Request::Emit(Emit {
+        event_type: Some(a.event_type),
+        data: Some(&data),
+        id: a.id,
+        ..Emit::default()
+    });
+    match client.call(&request)? {
+        Reply::Ok(done) => {
+            let id = done.id.unwrap_or_default();
             outln!("{id}");
-            if v["duplicate"] == true {
+            if done.duplicate == Some(true) {
                 errln!(
                     "edgehook: event {id} was already in the outbox with the same type and data; it is stored once"
                 );

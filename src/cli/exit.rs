@@ -25,8 +25,11 @@ pub enum Code {
     Software = 70,
     /// Storage error.
     IoErr = 74,
-    /// Try again later: the outbox is full, or another process holds it.
+    /// Try again later: the outbox is full, the daemon is busy, or another process holds the
+    /// outbox.
     TempFail = 75,
+    /// The daemon refused an admin op to this user (`forbidden`).
+    NoPerm = 77,
     /// Configuration error.
     Config = 78,
 }
@@ -127,7 +130,8 @@ impl From<rusqlite::Error> for Failure {
 /// The failure for a request the daemon refused with `code`.
 pub fn refused(code: &str, error: &str) -> Failure {
     let exit = match code {
-        "full" => Code::TempFail,
+        "full" | "busy" => Code::TempFail,
+        "forbidden" => Code::NoPerm,
         "invalid" | "too_large" | "decommissioned" | "conflict" => Code::DataErr,
         _ => Code::Software,
     };

@@ -53,11 +53,11 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
 }
 
 fn refresh(config_path: &Path, as_json: bool) -> Result<Code, Failure> {
-    let reply = super::ask_daemon(config_path, &json!({"op": "inventory-refresh"}))?;
-    let changed = reply["changed"] == true;
+    let reply = super::ask_daemon(config_path, crate::client::Control::InventoryRefresh)?;
+    let changed = reply.changed == Some(true);
     if as_json {
-        outln!("{}", json!({"changed": changed, "id": reply.get("id")}));
-    } else if let (true, Some(id)) = (changed, reply["id"].as_str()) {
+        outln!("{}", json!({"changed": changed, "id": reply.id}));
+    } else if let (true, Some(id)) = (changed, &reply.id) {
         outln!("Inventory changed: event {id}");
     } else {
         outln!("Inventory unchanged; nothing emitted");

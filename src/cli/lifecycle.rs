@@ -3,9 +3,8 @@
 
 use std::path::Path;
 
-use serde_json::{Value, json};
-
 use super::exit::{Code, Failure};
+use crate::client::{Control, Done};
 
 /// Arguments of `set-status`.
 #[derive(Debug, clap::Args)]
@@ -20,7 +19,9 @@ pub(super) fn set_status(config_path: &Path, a: SetStatusArgs) -> Result<Code, F
         .map_err(|r| Failure::new(Code::DataErr, r.error))?;
     let reply = super::ask_daemon(
         config_path,
-        &json!({"op": "set-status", "status": a.status}),
+        Control::SetStatus {
+            status: a.status.clone(),
+        },
     )?;
     report(
         &reply,
@@ -30,7 +31,7 @@ pub(super) fn set_status(config_path: &Path, a: SetStatusArgs) -> Result<Code, F
 }
 
 pub(super) fn decommission(config_path: &Path) -> Result<Code, Failure> {
-    let reply = super::ask_daemon(config_path, &json!({"op": "decommission"}))?;
+    let reply = super::ask_daemon(config_path, Control::Decommission)?;
     report(
         &reply,
         "Decommissioned: sources stopped and local events refused; the backlog still drains",
@@ -39,7 +40,7 @@ pub(super) fn decommission(config_path: &Path) -> Result<Code, Failure> {
 }
 
 pub(super) fn provision(config_path: &Path) -> Result<Code, Failure> {
-    let reply = super::ask_daemon(config_path, &json!({"op": "provision"}))?;
+    let reply = super::ask_daemon(config_path, Control::Provision)?;
     report(
         &reply,
         "Provisioned",
@@ -47,9 +48,9 @@ pub(super) fn provision(config_path: &Path) -> Result<Code, Failure> {
     )
 }
 
-fn report(reply: &Value, changed: &str, unchanged: &str) -> Result<Code, Failure> {
-    match reply["id"].as_str() {
-        Some(id) if reply["changed"] == true => outln!("{changed}: event {id}"),
+fn report(reply: &Done, changed: &str, unchanged: &str) -> Result<Code, Failure> {
+    match &reply.id {
+        Some(id) if reply.changed == Some(true) => outln!("{changed}: event {id}"),
         _ => outln!("{unchanged}"),
     }
     Ok(Code::Ok)

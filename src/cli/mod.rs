@@ -164,12 +164,12 @@ fn dispatch(cli: Cli) -> Result<Code, Failure> {
 /// Sends one request to the running daemon; a refusal becomes the matching exit code.
 fn ask_daemon(
     config_path: &std::path::Path,
-    request: &serde_json::Value,
-) -> Result<serde_json::Value, Failure> {
+    request: crate::client::Control,
+) -> Result<crate::client::Done, Failure> {
     let config = load(config_path)?;
     let mut client = crate::client::Client::connect(&config.ingest.socket)?;
-    match client.call(request)? {
-        crate::client::Reply::Ok(v) => Ok(v),
+    match client.call(&request)? {
+        crate::client::Reply::Ok(done) => Ok(done),
         crate::client::Reply::Err { code, error } => Err(exit::refused(&code, &error)),
     }
 }

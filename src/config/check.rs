@@ -150,6 +150,8 @@ pub(super) fn check<'a>(
             group: raw.ingest.group,
             max_event_bytes: raw.ingest.max_event_bytes.get_ref().0,
             max_connections: *raw.ingest.max_connections.get_ref(),
+            admin_group: raw.ingest.admin_group.map(Spanned::into_inner),
+            idle_timeout: raw.ingest.idle_timeout.get_ref().0,
         },
         log_level: raw.log.level,
         shutdown_timeout: raw.daemon.shutdown_timeout.get_ref().0,
@@ -187,6 +189,11 @@ fn check_sections(c: &mut Checker<'_>, raw: &ConfigFile) {
         }
     }
     super::ranges::check_section_ranges(c, raw);
+    if let Some(group) = &raw.ingest.admin_group {
+        if group.get_ref().trim().is_empty() {
+            c.at(group, "`admin_group` must name a group");
+        }
+    }
 }
 
 /// The sinks of every file, in order: the main file's, then each drop-in's. A name defined

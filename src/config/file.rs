@@ -123,6 +123,10 @@ pub(super) struct IngestFile {
     pub max_event_bytes: Spanned<Size>,
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<u32>,
+    #[serde(default)]
+    pub admin_group: Option<Spanned<String>>,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Spanned<Span>,
 }
 
 impl Default for IngestFile {
@@ -132,6 +136,8 @@ impl Default for IngestFile {
             group: default_group(),
             max_event_bytes: default_max_event_bytes(),
             max_connections: default_max_connections(),
+            admin_group: None,
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -146,7 +152,10 @@ fn default_max_event_bytes() -> Spanned<Size> {
     Spanned::new(0..0, Size(64 * 1024))
 }
 fn default_max_connections() -> Spanned<u32> {
-    Spanned::new(0..0, 256)
+    Spanned::new(0..0, 64)
+}
+fn default_idle_timeout() -> Spanned<Span> {
+    Spanned::new(0..0, Span(std::time::Duration::from_secs(5 * 60)))
 }
 
 #[derive(Debug, Deserialize)]

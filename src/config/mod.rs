@@ -118,8 +118,13 @@ pub struct Ingest {
     pub group: String,
     /// The longest request line accepted.
     pub max_event_bytes: u64,
-    /// Most client connections served at once; more are refused.
+    /// Most client connections served at once; more, or more than half of them from one
+    /// uid, are answered `busy`.
     pub max_connections: u32,
+    /// The group whose members may use the admin ops, beside root and the daemon's user.
+    pub admin_group: Option<String>,
+    /// How long a connection may go without a request before it is closed.
+    pub idle_timeout: Duration,
 }
 
 /// One problem found in a config file, with its position.

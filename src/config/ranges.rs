@@ -29,8 +29,10 @@ pub(super) const MAX_DEAD_LETTERS: (u64, u64) = (1, 100_000_000);
 /// `ingest.max_event_bytes`: SPEC §7's 1 MiB at most.
 pub(super) const MAX_EVENT_BYTES: (u64, u64) = (256, MIB);
 /// `ingest.max_connections`: a file descriptor each, and a count tokio's semaphore holds on a
-/// 32-bit device too.
-pub(super) const MAX_CONNECTIONS: (u64, u64) = (1, 65_536);
+/// 32-bit device too; at least 2, as no uid may hold more than half of them.
+pub(super) const MAX_CONNECTIONS: (u64, u64) = (2, 65_536);
+/// `ingest.idle_timeout`.
+pub(super) const IDLE_TIMEOUT: (Duration, Duration) = (SECOND, DAY);
 /// `inventory.interval`.
 pub(super) const INTERVAL: (Duration, Duration) = (SECOND, Duration::from_secs(30 * 86_400));
 /// `inventory.script_timeout`.
@@ -64,6 +66,7 @@ pub(super) fn check_section_ranges(c: &mut Checker<'_>, raw: &ConfigFile) {
         "max_connections",
         MAX_CONNECTIONS,
     );
+    duration(c, &raw.ingest.idle_timeout, "idle_timeout", IDLE_TIMEOUT);
     duration(c, &raw.inventory.interval, "interval", INTERVAL);
     duration(
         c,

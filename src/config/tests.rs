@@ -518,7 +518,12 @@ const RANGES: &[(&str, &str, [&str; 4])] = &[
         "max_event_bytes",
         ["255", "256", "\"1MiB\"", "1048577"],
     ),
-    ("[ingest]", "max_connections", ["0", "1", "65536", "65537"]),
+    ("[ingest]", "max_connections", ["1", "2", "65536", "65537"]),
+    (
+        "[ingest]",
+        "idle_timeout",
+        ["\"999ms\"", "\"1s\"", "\"1d\"", "\"25h\""],
+    ),
     (
         "[inventory]",
         "interval",

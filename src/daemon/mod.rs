@@ -125,9 +125,16 @@ pub fn run_until(
         &config,
         opened.facts.clone(),
     );
-    let (supervisor, sink_count, configs) =
-        Supervisor::start(&config, outbox.clone(), opened.device_id.clone())?;
-    let listener = ingest::bind(&config.ingest.socket, &config.ingest.group)?;
+    let access = Arc::new(ingest::Rules::new(ingest::Access::resolve(
+        config.ingest.admin_group.as_deref(),
+    )));
+    let (supervisor, sink_count, configs) = Supervisor::start(
+        &config,
+        outbox.clone(),
+        opened.device_id.clone(),
+        access.clone(),
+    )?;
+    let socket = ingest::listen(&config.ingest)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -139,11 +146,10 @@ pub fn run_until(
         sink_count,
         config.ingest.socket.display()
     );
-    let socket_path = config.ingest.socket.clone();
     let result = runtime.block_on(serve(
         outbox.clone(),
         &supervisor,
-        listener,
+        (socket.listener, access),
         &config,
         (device, device_tx, device_rx, configs),
         (control_tx, control_rx),
@@ -154,7 +160,9 @@ pub fn run_until(
     // An inventory script still running was told to stop with the pipeline; its thread is
     // not waited for beyond this.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let _ = std::fs::remove_file(&socket_path);
+    if let Some(path) = &socket.remove_at_exit {
+        let _ = std::fs::remove_file(path);
+    }
     drop(outbox);
     // Every acknowledged event is already committed; waiting for the outbox thread only lets it
     // finish what is queued and checkpoint the WAL.
@@ -203,7 +211,7 @@ fn join_until(t: JoinHandle<()>, deadline: Instant) {
 async fn serve(
     outbox: Outbox,
     supervisor: &Supervisor,
-    listener: std::os::unix::net::UnixListener,
+    (listener, access): (std::os::unix::net::UnixListener, Arc<ingest::Rules>),
     config: &Config,
     (mut device, device_tx, device_rx, configs): (
         DeviceSource,
@@ -229,12 +237,12 @@ async fn serve(
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| DaemonError::Internal(format!("cannot use the socket: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let ingest = Arc::new(Ingest {
-        outbox: outbox.clone(),
-        max_line: config.ingest.max_event_bytes as usize,
-        max_connections: config.ingest.max_connections as usize,
-        control: control_tx,
-    });
+    let ingest = Arc::new(Ingest::new(
+        outbox.clone(),
+        &config.ingest,
+        access,
+        control_tx,
+    ));
     // The first start's `device-provisioned` goes into the outbox before any other event.
     device.start().await;
     let cancel_device = device.cancel_flag();

@@ -15,8 +15,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{DaemonError, join_until, provide_secrets};
 use crate::config::Config;
 use crate::outbox::{Outbox, Redeliver, Route};
+use crate::protocol::Done;
 use crate::sinks::SinkRunner;
 use crate::sources::control::{Answer, Refusal};
+use crate::sources::ingest;
 use crate::wake::Wake;
 
 /// Commands waiting for the supervisor at most; a further `redeliver` or `resume` is answered
@@ -98,6 +100,7 @@ impl Supervisor {
         config: &Config,
         outbox: Outbox,
         device_id: String,
+        access: Arc<ingest::Rules>,
     ) -> Result<(Supervisor, usize, Configs), DaemonError> {
         let shared = Arc::new(Shared::default());
         let (configs, configs_rx) = watch::channel(None);
@@ -110,6 +113,7 @@ impl Supervisor {
             shutdown_timeout: config.shutdown_timeout,
             configs,
             shared: shared.clone(),
+            access,
         };
         sinks.set_shutdown_timeout(config.shutdown_timeout);
         sinks.running = sinks.start_sinks(config)?;
@@ -210,6 +214,8 @@ struct Sinks {
     /// only the newest config, which is all the device source needs.
     configs: watch::Sender<Option<Arc<Config>>>,
     shared: Arc<Shared>,
+    /// Who may use the socket's admin ops (`ingest.admin_group`, resolved again at a reload).
+    access: Arc<ingest::Rules>,
 }
 
 impl Sinks {
@@ -311,6 +317,9 @@ impl Sinks {
                 return Err(Refusal::new("invalid", e));
             }
         };
+        self.access.set(ingest::Access::resolve(
+            config.ingest.admin_group.as_deref(),
+        ));
         stop_all(
             std::mem::take(&mut self.running),
             crate::config::units::later(Instant::now(), self.shutdown_timeout),
@@ -327,9 +336,10 @@ impl Sinks {
                     self.config_path.display(),
                     self.running.len()
                 );
-                let mut m = serde_json::Map::new();
-                m.insert("sinks".into(), self.running.len().into());
-                Ok(m)
+                Ok(Done {
+                    sinks: Some(self.running.len() as u64),
+                    ..Done::default()
+                })
             }
             Err(e) => {
                 log::error!("Reload failed, no sink is running until the next reload: {e}");
@@ -368,10 +378,11 @@ impl Sinks {
             done.count,
             done.sinks.join(", ")
         );
-        let mut m = serde_json::Map::new();
-        m.insert("redelivered".into(), done.count.into());
-        m.insert("missing".into(), done.missing.into());
-        Ok(m)
+        Ok(Done {
+            redelivered: Some(done.count as u64),
+            missing: Some(done.missing),
+            ..Done::default()
+        })
     }
 
     /// Un-pauses a sink paused by 410.
@@ -389,9 +400,10 @@ impl Sinks {
         if was_paused {
             log::info!(sink = name; "Sink {name} resumed");
         }
-        let mut m = serde_json::Map::new();
-        m.insert("changed".into(), was_paused.into());
-        Ok(m)
+        Ok(Done {
+            changed: Some(was_paused),
+            ..Done::default()
+        })
     }
 }
 

@@ -1,7 +1,6 @@
 //! Control requests that arrive on the socket beside events (`set-status`, `decommission`,
 //! `provision`, `inventory-refresh`) and go to the part of the daemon that owns them.
 
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 /// What is asked.
@@ -51,7 +50,7 @@ impl Refusal {
 }
 
 /// The fields of an `{"ok":true, …}` reply, or a refusal.
-pub type Answer = Result<Map<String, Value>, Refusal>;
+pub type Answer = Result<crate::protocol::Done, Refusal>;
 
 /// One request with where its answer goes.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::control::{Answer, Op, Refusal, Request};
@@ -17,6 +17,7 @@ use super::inventory::{self, builtin};
 use crate::config::{self, Config};
 use crate::event;
 use crate::outbox::{AppendError, Appended, DECOMMISSIONED, DeviceFacts, Fact, Outbox, Transition};
+use crate::protocol::Done;
 
 /// The lifecycle value of a provisioned device.
 const PROVISIONED: &str = "provisioned";
@@ -217,7 +218,7 @@ impl DeviceSource {
                 self.refresh_inventory().await.map(changed).map_err(refusal)
             }
             // Handled by the daemon, never sent here.
-            Op::ReloadFiles | Op::Redeliver(_) | Op::Resume(_) => Ok(Map::new()),
+            Op::ReloadFiles | Op::Redeliver(_) | Op::Resume(_) => Ok(Done::default()),
         }
     }
 
@@ -296,13 +297,12 @@ fn capitalise(s: &str) -> String {
         .map_or(String::new(), |f| f.to_uppercase().chain(c).collect())
 }
 
-fn changed(done: Option<Appended>) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("changed".into(), done.is_some().into());
-    if let Some(a) = done {
-        m.insert("id".into(), a.id.into());
+fn changed(done: Option<Appended>) -> Done {
+    Done {
+        changed: Some(done.is_some()),
+        id: done.map(|a| a.id),
+        ..Done::default()
     }
-    m
 }
 
 fn decommissioned() -> Refusal {

@@ -2,34 +2,46 @@
 //! Each connection reads requests as fast as the client sends them and queues their answers,
 //! so a client that pipelines many events gets them committed together; a bounded queue keeps
 //! a client that never reads its replies from growing memory. A line left unfinished is timed
-//! out, and a connection over `max_connections` gets one `full` line and is closed.
+//! out, a connection with no request for `idle_timeout` (or whose client reads none of its
+//! replies for that long) is closed, and a connection over `max_connections`, or over its
+//! uid's half of them, gets one `busy` line and is closed. The peer's credentials
+//! (`SO_PEERCRED`) decide who may ask the ops that change the device or its deliveries
+//! (`access.rs`).
 
+mod access;
+mod listen;
+
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, FramedRead};
 
+pub use access::{Access, Peer, Rules};
+pub use listen::{Listening, listen};
+
 use super::control::{self, Answer, Op};
 use crate::event;
 use crate::outbox::{AppendError, Appended, Outbox};
+use crate::protocol::{Control, Done, Emit, Reply};
 
 /// Replies queued per connection before the connection stops reading: how many requests a
 /// pipelining client can usefully keep in flight.
 pub const PIPELINE: usize = 256;
 
 /// How long the start of a request line may wait for its newline. A client that stalls
-/// mid-line holds up to `max_event_bytes` of buffer and a connection slot; an idle connection
-/// between lines holds neither buffer nor doubt and stays open.
+/// mid-line holds up to `max_event_bytes` of buffer and a connection slot; between lines a
+/// connection holds no buffer, and `idle_timeout` bounds how long it keeps its slot.
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a refused connection gets to take its error line.
@@ -45,10 +57,48 @@ pub struct Ingest {
     pub outbox: Outbox,
     /// The longest line accepted.
     pub max_line: usize,
-    /// Connections served at once.
+    /// Connections served at once; no uid gets more than half of them.
     pub max_connections: usize,
+    /// How long a connection may go without a request before it is closed.
+    pub idle_timeout: Duration,
+    /// Who may ask the ops that change the device or its deliveries.
+    pub access: Arc<Rules>,
     /// Where control requests go.
     pub control: mpsc::Sender<control::Request>,
+}
+
+impl Ingest {
+    /// The socket's settings from `[ingest]`, with the access rules the daemon keeps current.
+    pub fn new(
+        outbox: Outbox,
+        config: &crate::config::Ingest,
+        access: Arc<Rules>,
+        control: mpsc::Sender<control::Request>,
+    ) -> Ingest {
+        Ingest {
+            outbox,
+            max_line: config.max_event_bytes as usize,
+            max_connections: config.max_connections as usize,
+            idle_timeout: config.idle_timeout,
+            access,
+            control,
+        }
+    }
+
+    /// Why one more connection, of `uid` which holds `held`, is refused while `open` are
+    /// served; `None` when it is not.
+    fn over_limit(&self, open: usize, uid: u32, held: usize) -> Option<String> {
+        let share = (self.max_connections / 2).max(1);
+        let max = self.max_connections;
+        let why = if open >= max {
+            format!("too many connections (at most {max})")
+        } else if held >= share {
+            format!("too many connections from uid {uid} (at most {share} of {max})")
+        } else {
+            return None;
+        };
+        Some(format!("{why}; nothing was done; try again later"))
+    }
 }
 
 /// Why the socket could not be set up.
@@ -109,26 +159,37 @@ pub async fn serve(
     ingest: Arc<Ingest>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(ingest.max_connections));
     let mut connections = JoinSet::new();
+    // The uid of each connection served, and how many each uid holds.
+    let mut served: HashMap<tokio::task::Id, u32> = HashMap::new();
+    let mut per_uid: HashMap<u32, usize> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(done) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                if let Some(uid) = served.remove(&id) {
+                    release(&mut per_uid, uid);
+                }
+            }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let ingest = ingest.clone();
-                        let shutdown = shutdown.clone();
-                        connections.spawn(async move {
-                            connection(stream, ingest, shutdown).await;
-                            drop(permit);
-                        });
+                Ok((stream, _)) => {
+                    let peer = Peer::of(&stream, &ingest.access.get());
+                    let held = per_uid.get(&peer.uid).copied().unwrap_or(0);
+                    if let Some(error) = ingest.over_limit(served.len(), peer.uid, held) {
+                        connections.spawn(refuse(stream, error));
+                        continue;
                     }
-                    Err(_) => {
-                        connections.spawn(refuse(stream, ingest.max_connections));
-                    }
-                },
+                    let ingest = ingest.clone();
+                    let shutdown = shutdown.clone();
+                    let uid = peer.uid;
+                    let task = connections.spawn(connection(stream, peer, ingest, shutdown));
+                    served.insert(task.id(), uid);
+                    *per_uid.entry(uid).or_default() += 1;
+                }
                 Err(e) => {
                     let pause = ACCEPT_PAUSE.as_millis();
                     log::warn!("Cannot accept a connection on the ingest socket: {e}; pausing {pause} ms");
@@ -141,14 +202,20 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// Answers a connection over `ingest.max_connections` with one error line and closes it. The
-/// code is `full` (section 7 has no closer one): like a full outbox, nothing was stored and
-/// trying again later is right, where `internal` would suggest a fault.
-async fn refuse(stream: UnixStream, limit: usize) {
-    let line = reply_err(
-        "full",
-        &format!("too many connections (at most {limit}); nothing was done; try again later"),
-    );
+/// Gives back a connection of `uid`.
+fn release(per_uid: &mut HashMap<u32, usize>, uid: u32) {
+    if let Some(n) = per_uid.get_mut(&uid) {
+        *n -= 1;
+        if *n == 0 {
+            per_uid.remove(&uid);
+        }
+    }
+}
+
+/// Answers a connection over `ingest.max_connections`, or over its uid's share, with one
+/// `busy` line and closes it: nothing was done, and trying again later is right.
+async fn refuse(stream: UnixStream, error: String) {
+    let line = reply_err("busy", &error);
     let (mut read, mut write) = stream.into_split();
     let answer = async {
         write.write_all(&line).await?;
@@ -168,13 +235,25 @@ enum Pending {
     Control(oneshot::Receiver<Answer>),
 }
 
-async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch::Receiver<bool>) {
+async fn connection(
+    stream: UnixStream,
+    peer: Peer,
+    ingest: Arc<Ingest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (read, write) = stream.into_split();
     let mut lines = FramedRead::new(read, LineCodec::new(ingest.max_line));
     let (tx, rx) = mpsc::channel::<Pending>(PIPELINE);
-    let writer = tokio::spawn(write_replies(write, rx));
+    let progress = Arc::new(Progress::default());
+    let writer = tokio::spawn(write_replies(write, rx, progress.clone()));
+    let mut seen = 0;
     // When the line being read must be finished; none between lines.
     let mut line_due: Option<tokio::time::Instant> = None;
+    // Between lines: one timer, moved on only when it fires, so a busy connection does not
+    // set a timer per request.
+    let mut last_request = tokio::time::Instant::now();
+    let idle = tokio::time::sleep(ingest.idle_timeout);
+    tokio::pin!(idle);
     loop {
         let stalled = async {
             match line_due {
@@ -192,6 +271,24 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
                 let _ = tx.send(Pending::Ready(reply_err("invalid", &error))).await;
                 break;
             }
+            () = &mut idle, if line_due.is_none() => {
+                let now = tokio::time::Instant::now();
+                let due = last_request + ingest.idle_timeout;
+                if due > now {
+                    idle.as_mut().reset(due);
+                    continue;
+                }
+                if progress.idle(&mut seen) {
+                    log::debug!("Closing an ingest connection of uid {} idle for {:?}", peer.uid, ingest.idle_timeout);
+                    // A writer still writing waits on a client that reads nothing.
+                    if progress.writing.load(Ordering::Acquire) {
+                        writer.abort();
+                    }
+                    break;
+                }
+                idle.as_mut().reset(now + ingest.idle_timeout);
+                continue;
+            }
             next = lines.next() => next,
         };
         line_due = None;
@@ -201,17 +298,39 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
                 line_due = Some(tokio::time::Instant::now() + LINE_TIMEOUT);
                 continue;
             }
-            Some(Ok(Line::Complete(line))) => match handle(&line, &ingest).await {
-                Some(p) => p,
-                None => continue,
-            },
-            Some(Ok(Line::TooLong)) => Pending::Ready(reply_err(
-                "too_large",
-                &format!("a request line is at most {} bytes", ingest.max_line),
-            )),
+            Some(Ok(Line::Complete(line))) => {
+                last_request = tokio::time::Instant::now();
+                match handle(&line, &peer, &ingest).await {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
+            Some(Ok(Line::TooLong)) => {
+                last_request = tokio::time::Instant::now();
+                Pending::Ready(reply_err(
+                    "too_large",
+                    &format!("a request line is at most {} bytes", ingest.max_line),
+                ))
+            }
             Some(Err(_)) => break,
         };
-        if tx.send(pending).await.is_err() {
+        progress.waiting.fetch_add(1, Ordering::AcqRel);
+        let pending = match tx.try_send(pending) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+            Err(mpsc::error::TrySendError::Full(pending)) => pending,
+        };
+        // The queue is full: the client may have stopped reading its replies, which is idle
+        // too.
+        let sent = tokio::select! {
+            sent = tx.send(pending) => sent.is_ok(),
+            () = progress.stuck(ingest.idle_timeout) => {
+                log::debug!("Closing an ingest connection of uid {} that read no reply for {:?}", peer.uid, ingest.idle_timeout);
+                writer.abort();
+                false
+            }
+        };
+        if !sent {
             break;
         }
     }
@@ -219,8 +338,46 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
     let _ = writer.await;
 }
 
+/// How far a connection's answers are, as its writer tells the reading side.
+#[derive(Default)]
+struct Progress {
+    /// Requests read and not yet answered.
+    waiting: AtomicUsize,
+    /// Replies written so far.
+    written: AtomicUsize,
+    /// Whether the writer waits for the client to take bytes (rather than for an answer).
+    writing: AtomicBool,
+}
+
+impl Progress {
+    /// Whether a connection whose idle timer ran out is idle: every request is answered, or
+    /// the client has read no reply since the last look (`seen`). A connection waiting for
+    /// the daemon's answer is not.
+    fn idle(&self, seen: &mut usize) -> bool {
+        let written = self.written.load(Ordering::Acquire);
+        let progressed = std::mem::replace(seen, written) != written;
+        let writing = self.writing.load(Ordering::Acquire);
+        (self.waiting.load(Ordering::Acquire) == 0 && !writing) || (writing && !progressed)
+    }
+
+    /// Returns once the writer has waited on a client that reads nothing for `timeout`.
+    async fn stuck(&self, timeout: Duration) {
+        let mut seen = self.written.load(Ordering::Acquire);
+        loop {
+            tokio::time::sleep(timeout).await;
+            if self.writing.load(Ordering::Acquire) && self.idle(&mut seen) {
+                return;
+            }
+        }
+    }
+}
+
 /// Writes each reply as its answer comes, in request order; flushes when none is waiting.
-async fn write_replies(write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>) {
+async fn write_replies(
+    write: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    progress: Arc<Progress>,
+) {
     let mut out = BufWriter::new(write);
     while let Some(p) = rx.recv().await {
         let line = match p {
@@ -228,12 +385,16 @@ async fn write_replies(write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Re
             Pending::Append(answer) => append_reply(answer.await),
             Pending::Control(answer) => control_reply(answer.await),
         };
+        progress.waiting.fetch_sub(1, Ordering::AcqRel);
+        progress.writing.store(true, Ordering::Release);
         if out.write_all(&line).await.is_err() {
             return;
         }
         if rx.is_empty() && out.flush().await.is_err() {
             return;
         }
+        progress.writing.store(false, Ordering::Release);
+        progress.written.fetch_add(1, Ordering::AcqRel);
     }
     let _ = out.flush().await;
 }
@@ -339,28 +500,14 @@ impl Decoder for LineCodec {
     }
 }
 
-#[derive(Deserialize)]
-struct Request<'a> {
-    op: Option<&'a str>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    id: Option<String>,
-    status: Option<String>,
-    sink: Option<String>,
-    ids: Option<Vec<String>>,
-    all: Option<bool>,
-}
-
 /// What one request line asks for, decided from the line alone, before anything is done.
 #[derive(Debug)]
 pub enum Decoded {
     /// An answer that needs nobody else: an error reply or `ping`'s, one JSON line with its
     /// newline.
     Reply(Vec<u8>),
-    /// A request for the device source.
-    Control(Op),
+    /// A control request, checked: only an administrator may ask it.
+    Control(Control),
     /// An event to store.
     Event(event::NewEvent),
 }
@@ -372,56 +519,47 @@ pub fn decode(line: &[u8]) -> Option<Decoded> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    let req: Request<'_> = match serde_json::from_slice(line) {
-        Ok(r) => r,
-        Err(e) => {
-            return Some(Decoded::Reply(reply_err(
-                "invalid",
-                &format!("not a JSON request object: {e}"),
-            )));
-        }
-    };
     let refuse = |code: &str, msg: &str| Some(Decoded::Reply(reply_err(code, msg)));
-    let op = match req.op {
-        Some("emit") | None => return decode_event(req),
-        Some("ping") => return Some(Decoded::Reply(b"{\"ok\":true}\n".to_vec())),
-        Some("set-status") => match req.status {
-            Some(status) => Op::SetStatus(status),
-            None => return refuse("invalid", "`set-status` needs a `status`"),
-        },
-        Some("decommission") => Op::Decommission,
-        Some("provision") => Op::Provision,
-        Some("inventory-refresh") => Op::InventoryRefresh,
-        Some("redeliver") => {
-            let ids = match (req.ids, req.all) {
-                (Some(ids), None | Some(false)) if !ids.is_empty() => Some(ids),
-                (None, Some(true)) => None,
-                _ => {
-                    return refuse(
-                        "invalid",
-                        "`redeliver` needs either `ids` (a non-empty list) or `\"all\": true`",
-                    );
-                }
-            };
-            Op::Redeliver(crate::outbox::Redeliver {
-                sink: req.sink,
-                ids,
-            })
-        }
-        Some("reload") => Op::ReloadFiles,
-        Some("resume") => match req.sink {
-            Some(sink) => Op::Resume(sink),
-            None => return refuse("invalid", "`resume` needs a `sink`"),
-        },
-        Some(op) => {
+    let emit: Emit<'_> = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => return refuse("invalid", &format!("not a JSON request object: {e}")),
+    };
+    let op = match emit.op {
+        Some("emit") | None => return decode_event(emit),
+        Some(op) => op,
+    };
+    let control = match serde_json::from_slice::<Control>(line) {
+        Ok(c) => c,
+        Err(e) => {
             let op: String = op.chars().take(64).collect();
-            return refuse("unknown_op", &format!("unknown op `{op}`"));
+            return refuse("invalid", &format!("a bad `{op}` request: {e}"));
         }
     };
-    Some(Decoded::Control(op))
+    match control {
+        Control::Unknown => {
+            let op: String = op.chars().take(64).collect();
+            refuse("unknown_op", &format!("unknown op `{op}`"))
+        }
+        Control::Ping => Some(Decoded::Reply(Reply::Ok(Done::default()).line())),
+        Control::Redeliver {
+            ids: Some(ref ids),
+            all: None | Some(false),
+            ..
+        } if !ids.is_empty() => Some(Decoded::Control(control)),
+        Control::Redeliver {
+            ids: None,
+            all: Some(true),
+            ..
+        } => Some(Decoded::Control(control)),
+        Control::Redeliver { .. } => refuse(
+            "invalid",
+            "`redeliver` needs either `ids` (a non-empty list) or `\"all\": true`",
+        ),
+        control => Some(Decoded::Control(control)),
+    }
 }
 
-fn decode_event(req: Request<'_>) -> Option<Decoded> {
+fn decode_event(req: Emit<'_>) -> Option<Decoded> {
     let refuse = |msg: &str| Some(Decoded::Reply(reply_err("invalid", msg)));
     let Some(event_type) = req.event_type else {
         return refuse("an event needs a `type`");
@@ -446,11 +584,36 @@ fn decode_event(req: Request<'_>) -> Option<Decoded> {
     )))
 }
 
+/// The daemon's command for a control request (`ping` and unknown ops have none: `decode`
+/// answers them).
+fn op(control: Control) -> Option<Op> {
+    Some(match control {
+        Control::SetStatus { status } => Op::SetStatus(status),
+        Control::Decommission => Op::Decommission,
+        Control::Provision => Op::Provision,
+        Control::InventoryRefresh => Op::InventoryRefresh,
+        Control::Redeliver { sink, ids, all } => Op::Redeliver(crate::outbox::Redeliver {
+            sink,
+            ids: ids.filter(|_| all != Some(true)),
+        }),
+        Control::Resume { sink } => Op::Resume(sink),
+        Control::Reload => Op::ReloadFiles,
+        Control::Ping | Control::Unknown => return None,
+    })
+}
+
 /// Turns one line into its answer (or `None` for a blank line, which is no request).
-async fn handle(line: &[u8], ingest: &Ingest) -> Option<Pending> {
+async fn handle(line: &[u8], peer: &Peer, ingest: &Ingest) -> Option<Pending> {
     Some(match decode(line)? {
         Decoded::Reply(line) => Pending::Ready(line),
-        Decoded::Control(op) => ask(ingest, op).await,
+        Decoded::Control(c) if !peer.admin => Pending::Ready(reply_err(
+            "forbidden",
+            &ingest.access.get().refusal(&c, peer),
+        )),
+        Decoded::Control(c) => match op(c) {
+            Some(op) => ask(ingest, op).await,
+            None => Pending::Ready(reply_err("unknown_op", "not a control op")),
+        },
         Decoded::Event(ev) => Pending::Append(ingest.outbox.submit(ev).await),
     })
 }
@@ -464,14 +627,7 @@ async fn ask(ingest: &Ingest, op: Op) -> Pending {
 
 fn control_reply(answer: Result<Answer, oneshot::error::RecvError>) -> Vec<u8> {
     match answer {
-        Ok(Ok(mut fields)) => {
-            let mut v = serde_json::Map::new();
-            v.insert("ok".into(), true.into());
-            v.append(&mut fields);
-            let mut line = serde_json::to_vec(&v).expect("a Map serialises");
-            line.push(b'\n');
-            line
-        }
+        Ok(Ok(done)) => Reply::Ok(done).line(),
         Ok(Err(refusal)) => reply_err(refusal.code, &refusal.error),
         Err(_) => reply_err("internal", "the daemon is stopping; nothing was done"),
     }
@@ -481,16 +637,11 @@ fn append_reply(
     answer: Result<Result<Appended, AppendError>, oneshot::error::RecvError>,
 ) -> Vec<u8> {
     match answer {
-        Ok(Ok(a)) => {
-            let reply = if a.duplicate {
-                serde_json::json!({"ok": true, "id": a.id, "duplicate": true})
-            } else {
-                serde_json::json!({"ok": true, "id": a.id})
-            };
-            let mut line = serde_json::to_vec(&reply).expect("a Value serialises");
-            line.push(b'\n');
-            line
-        }
+        Ok(Ok(a)) => Reply::Ok(Done {
+            duplicate: a.duplicate.then_some(true),
+            ..Done::stored(a.id)
+        })
+        .line(),
         Ok(Err(AppendError::Full)) => reply_err("full", "the outbox is full"),
         Ok(Err(AppendError::NoSpace)) => reply_err("full", NO_SPACE),
         Ok(Err(AppendError::Conflict)) => reply_err("conflict", CONFLICT),
@@ -518,11 +669,7 @@ pub(crate) const NO_SPACE: &str = "the disk holding the outbox is full; the even
 pub(crate) const CONFLICT: &str = "an event with this id is already in the outbox with another type or data; this one was not stored";
 
 fn reply_err(code: &str, error: &str) -> Vec<u8> {
-    let mut line =
-        serde_json::to_vec(&serde_json::json!({"ok": false, "code": code, "error": error}))
-            .expect("a Value serialises");
-    line.push(b'\n');
-    line
+    Reply::err(code, error).line()
 }
 
 #[cfg(test)]

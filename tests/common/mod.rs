@@ -462,7 +462,7 @@ pub fn emit_pipelined(
             sent += 1;
         }
         match c.recv().expect("reply") {
-            Reply::Ok(v) => ids.push(v["id"].as_str().expect("id").to_string()),
+            Reply::Ok(v) => ids.push(v.id.expect("id")),
             Reply::Err { code, error } => panic!("emit refused: {code}: {error}"),
         }
     }
@@ -487,7 +487,7 @@ pub fn of_type(receiver: &Receiver, t: &str) -> Vec<Value> {
 pub fn emit_one(socket: &Path, t: &str, data: Value) -> String {
     let mut c = Client::connect(socket).expect("connect");
     match c.call(&json!({"type": t, "data": data})).expect("reply") {
-        Reply::Ok(v) => v["id"].as_str().expect("id").to_string(),
+        Reply::Ok(v) => v.id.expect("id"),
         Reply::Err { code, error } => panic!("emit refused: {code}: {error}"),
     }
 }

@@ -10,7 +10,7 @@ use nix::fcntl::{Flock, FlockArg};
 use toml::{Table, Value};
 
 use crate::cli::exit::{Code, Failure};
-use crate::client::{Client, ClientError, Reply};
+use crate::client::{Client, ClientError, Control, Reply};
 use crate::config::{Config, DAEMON_GROUP, atomic, dropin_dir, dropin_holds_secret};
 
 /// The first keys of a sink, in this order; the others follow alphabetically.
@@ -124,13 +124,15 @@ impl DropIn {
         self.write(after.as_deref(), config_path)?;
         match ask_reload(&config) {
             Ok(reload) => Ok((config, reload)),
-            Err(refused) => {
+            Err((code, error)) => {
                 self.write(self.before.as_deref(), config_path)?;
+                let (exit, what) = match code.as_str() {
+                    "forbidden" => (Code::NoPerm, "refused to reload for this user"),
+                    _ => (Code::Config, "refused the new config"),
+                };
                 Err(Failure::new(
-                    Code::Config,
-                    format!(
-                        "the running daemon refused the new config, so the change was undone: {refused}"
-                    ),
+                    exit,
+                    format!("the running daemon {what}, so the change was undone: {code}: {error}"),
                 ))
             }
         }
@@ -238,8 +240,9 @@ fn key(k: &str) -> String {
     }
 }
 
-/// Asks the daemon of `config` to read its files again. `Err` is the daemon's refusal.
-fn ask_reload(config: &Config) -> Result<Reload, String> {
+/// Asks the daemon of `config` to read its files again. `Err` is the daemon's refusal: its
+/// code and message.
+fn ask_reload(config: &Config) -> Result<Reload, (String, String)> {
     let mut client = match Client::connect(&config.ingest.socket) {
         Ok(c) => c,
         Err(ClientError::NotRunning { source, .. })
@@ -249,9 +252,9 @@ fn ask_reload(config: &Config) -> Result<Reload, String> {
         }
         Err(e) => return Ok(Reload::Unknown(e.to_string())),
     };
-    match client.call(&serde_json::json!({"op": "reload"})) {
-        Ok(Reply::Ok(v)) => Ok(Reload::Done(v["sinks"].as_u64().unwrap_or(0))),
-        Ok(Reply::Err { code, error }) => Err(format!("{code}: {error}")),
+    match client.call(&Control::Reload) {
+        Ok(Reply::Ok(done)) => Ok(Reload::Done(done.sinks.unwrap_or(0))),
+        Ok(Reply::Err { code, error }) => Err((code, error)),
         Err(e) => Ok(Reload::Unknown(e.to_string())),
     }
 }

@@ -25,7 +25,7 @@ GROUPADD_PARAM:${PN} = "--system edgehook"
 USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/edgehook --no-create-home \
                        --shell /sbin/nologin --gid edgehook edgehook"
 
-SYSTEMD_SERVICE:${PN} = "edgehook.service"
+SYSTEMD_SERVICE:${PN} = "edgehook.socket edgehook.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install:append() {
@@ -33,7 +33,8 @@ do_install:append() {
     install -m 0644 ${S}/etc/edgehook.toml ${D}${sysconfdir}/edgehook/edgehook.toml
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/systemd/edgehook.service ${D}${systemd_system_unitdir}/edgehook.service
+    install -m 0644 ${S}/systemd/edgehook.socket ${D}${systemd_system_unitdir}/edgehook.socket
 }
 
-FILES:${PN} += "${systemd_system_unitdir}/edgehook.service"
+FILES:${PN} += "${systemd_system_unitdir}/edgehook.service ${systemd_system_unitdir}/edgehook.socket"
 CONFFILES:${PN} = "${sysconfdir}/edgehook/edgehook.toml"
