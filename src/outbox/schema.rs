@@ -8,6 +8,11 @@ use rusqlite::{Connection, OpenFlags};
 use super::StoreError;
 use crate::config::Durability;
 
+/// The size SQLite truncates the WAL back to when it starts it over after a checkpoint
+/// (`journal_size_limit`), and the most it is left at once every sink's queue is drained
+/// (`Store::shrink_wal_when_drained`): SPEC §13.
+pub(super) const WAL_LIMIT: u64 = 4 * 1024 * 1024;
+
 /// The schema this edgehook writes.
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -248,7 +253,8 @@ fn try_open(path: &Path, durability: Durability) -> Result<Connection, StoreErro
         Durability::Normal => "NORMAL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = {WAL_LIMIT};"
     ))
     .map_err(err)?;
     let version = check_version(&conn, path)?;

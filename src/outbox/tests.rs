@@ -971,3 +971,74 @@ fn the_outbox_publishes_its_commits_and_whether_anything_can_expire() {
     assert!(!outbox.may_expire());
     close(outbox, thread);
 }
+
+/// An event of type `x` whose stored body is `len` bytes and a little more.
+fn sized_event(len: usize) -> NewEvent {
+    let data = serde_json::json!({ "pad": "x".repeat(len) });
+    crate::event::build_value(None, "x", &data, SystemTime::now())
+}
+
+#[test]
+fn a_fetch_stops_at_its_byte_bound_and_still_takes_an_event_larger_than_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    outbox
+        .append_blocking(sized_event(FETCH_BYTES + FETCH_BYTES / 2))
+        .unwrap();
+    for _ in 0..4 {
+        outbox
+            .append_blocking(sized_event(FETCH_BYTES * 3 / 8))
+            .unwrap();
+    }
+    let sizes = |after: i64| -> (Vec<usize>, i64) {
+        let fetched = outbox.fetch_blocking(ids[0], after, 512).unwrap();
+        let last = fetched.last().map_or(after, |d| d.seq);
+        (fetched.iter().map(|d| d.body().len()).collect(), last)
+    };
+    // The large event alone, then small ones up to the one that reaches the bound.
+    let (first, after) = sizes(0);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0] > FETCH_BYTES);
+    let (second, after) = sizes(after);
+    assert_eq!(second.len(), 3, "{second:?}");
+    assert!(second.iter().sum::<usize>() >= FETCH_BYTES);
+    let (third, _) = sizes(after);
+    assert_eq!(third.len(), 1, "{third:?}");
+    close(outbox, thread);
+}
+
+#[test]
+fn a_producer_waits_for_its_share_of_the_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, _, thread) = open(&cfg);
+    rt().block_on(async {
+        let taken = outbox
+            .budget
+            .clone()
+            .acquire_many_owned(BUDGET as u32)
+            .await
+            .unwrap();
+        let mut submit = Box::pin(outbox.submit(event(1, "x")));
+        let queued = tokio::select! {
+            biased;
+            _ = &mut submit => true,
+            _ = tokio::task::yield_now() => false,
+        };
+        assert!(!queued, "queued while the budget is taken");
+        drop(taken);
+        let answer = submit.await.await.unwrap();
+        assert!(answer.unwrap().stored);
+        // Given back once answered (just after the answer is sent, on the outbox thread).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while outbox.budget.available_permits() < BUDGET {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the share is given back"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    close(outbox, thread);
+}
