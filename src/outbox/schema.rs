@@ -13,6 +13,9 @@ use crate::config::Durability;
 /// (`Store::shrink_wal_when_drained`): SPEC §13.
 pub(super) const WAL_LIMIT: u64 = 4 * 1024 * 1024;
 
+/// How long the writer waits for a lock another connection holds.
+pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The schema this edgehook writes.
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -237,8 +240,7 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
 fn try_open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
     let err = |e| StoreError::sqlite(path, e);
     let conn = Connection::open(path).map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(err)?;

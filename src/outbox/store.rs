@@ -56,6 +56,9 @@ const REPORTS_STEP: Duration = Duration::from_micros(500);
 /// it gives the memory of its busy spell back (`give_back`).
 const QUIET_BEFORE_GIVING_BACK: Duration = Duration::from_secs(5);
 
+/// How long the checkpoint after a drain waits for readers to leave the WAL.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
+
 /// Deliveries whose reports are kept in memory while the disk is full (about 100 bytes each;
 /// a `DeliveredMany` counts as its number of deliveries).
 const UNRECORDED_KEEP: usize = 100_000;
@@ -295,6 +298,7 @@ impl Store {
                 .is_some_and(|at| at.elapsed() >= QUIET_BEFORE_GIVING_BACK)
             {
                 self.last_busy = None;
+                self.shrink_wal_when_drained();
                 give_back(&self.conn);
                 published.set_rested(true);
             }
@@ -307,8 +311,10 @@ impl Store {
     /// commit) move the WAL's pages into the outbox and `journal_size_limit` truncates it when
     /// the next transaction starts it over, but a drain ends with no next transaction, and a
     /// WAL left at its largest holds that much of the disk until the next busy spell. A reader
-    /// (`edgehook status`) may keep it from being truncated now; then the next drained commit
-    /// tries again.
+    /// (`edgehook status`) may keep it from being truncated: the checkpoint waits for readers
+    /// only briefly (`CHECKPOINT_WAIT`, not the connection's busy timeout, as producers wait
+    /// meanwhile), and it is tried again at the next drained commit or once the outbox is at
+    /// rest.
     fn shrink_wal_when_drained(&mut self) {
         if self.sinks.values().any(|row| row.pending > 0) {
             return;
@@ -316,7 +322,9 @@ impl Store {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         if std::fs::metadata(&wal).is_ok_and(|m| m.len() > schema::WAL_LIMIT) {
+            let _ = self.conn.busy_timeout(CHECKPOINT_WAIT);
             let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            let _ = self.conn.busy_timeout(schema::BUSY_TIMEOUT);
         }
     }
 
