@@ -137,7 +137,7 @@ pub struct Appended {
 /// the arena it came from, under that arena's lock, so three frees a delivery had the sink and
 /// the outbox thread waiting for each other's lock and waking each other through the kernel,
 /// a few dozen times a window (BENCHMARKS.md, "How the figures got here"). A delivery kept
-/// (retried, backing off) keeps its fetch's buffers, at most a few hundred KiB.
+/// (retried, backing off) keeps its fetch's buffers: at most `FETCH_BYTES` and one event.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Outbox order.

@@ -1042,3 +1042,51 @@ fn a_producer_waits_for_its_share_of_the_byte_budget() {
     });
     close(outbox, thread);
 }
+
+#[test]
+fn the_wal_is_truncated_once_every_queue_is_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let wal = dir.path().join("outbox.db-wal");
+    let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // A reader holding its snapshot keeps SQLite's own checkpoints from moving anything, so
+    // the WAL grows past its limit and no commit starts it over.
+    let reader = rusqlite::Connection::open(dir.path().join("outbox.db")).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM events;")
+        .unwrap();
+    for _ in 0..12 {
+        outbox.append_blocking(sized_event(1024 * 1024)).unwrap();
+    }
+    assert!(wal_size() > 3 * schema::WAL_LIMIT, "{} bytes", wal_size());
+    reader.execute_batch("COMMIT").unwrap();
+    // Fetches end at `FETCH_BYTES`: the queue is read in several.
+    let mut done = Vec::new();
+    loop {
+        let after = done.last().map_or(0, |(seq, _)| *seq);
+        let fetched = outbox.fetch_blocking(ids[0], after, 100).unwrap();
+        if fetched.is_empty() {
+            break;
+        }
+        done.extend(fetched.iter().map(|d| (d.seq, Measured::default())));
+    }
+    assert_eq!(done.len(), 12);
+    outbox.report_blocking(Report::DeliveredMany {
+        sink: ids[0],
+        at_ms: now_ms(),
+        done,
+    });
+    assert!(outbox.fetch_blocking(ids[0], 0, 1).unwrap().is_empty());
+    // The checkpoint follows the answers of the batch that drained the queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while wal_size() > schema::WAL_LIMIT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL is {} bytes once drained",
+            wal_size()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    close(outbox, thread);
+}
