@@ -303,3 +303,39 @@ fn a_restart_over_a_backlog_of_1_mib_events_drains_under_48_mib_and_leaves_a_sma
         .collect();
     assert_eq!(ids.len(), events, "every event delivered");
 }
+
+#[test]
+fn idle_connections_do_not_keep_the_buffer_of_a_large_event() {
+    // Each client sends one event of 1 MiB, takes its reply and stays connected, as an
+    // application keeping its connection open between events does.
+    let setup = Setup::new("");
+    setup.write_config_sections("", "max_event_bytes = \"1MiB\"\n", "");
+    let daemon = setup.start();
+    let at_ready = rss_anon(daemon.pid()).expect("the daemon runs");
+    let clients = scaled(64);
+    let open: Vec<_> = (0..clients)
+        .map(|client| {
+            let mut stream = UnixStream::connect(setup.socket()).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(120)))
+                .unwrap();
+            stream
+                .write_all(&event_line(1024 * 1024 - 64, client, 0))
+                .expect("the daemon reads");
+            let mut reply = String::new();
+            BufReader::new(&stream)
+                .read_line(&mut reply)
+                .expect("a reply");
+            assert!(reply.contains("\"ok\":true"), "client {client}: {reply}");
+            stream
+        })
+        .collect();
+    let idle = rss_anon(daemon.pid()).expect("the daemon runs");
+    eprintln!(
+        "{clients} idle connections after an event of 1 MiB each: RssAnon {} (at ready {})",
+        mib(idle),
+        mib(at_ready)
+    );
+    assert_rss_anon("idle connections after a large event", idle, at_ready);
+    drop(open);
+}

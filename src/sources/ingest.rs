@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -201,10 +202,14 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
                 line_due = Some(tokio::time::Instant::now() + LINE_TIMEOUT);
                 continue;
             }
-            Some(Ok(Line::Complete(line))) => match handle(&line, &ingest).await {
-                Some(p) => p,
-                None => continue,
-            },
+            Some(Ok(Line::Complete(line))) => {
+                let answer = handle(&line, &ingest).await;
+                release_large_buffer(&mut lines, line);
+                match answer {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
             Some(Ok(Line::TooLong)) => Pending::Ready(reply_err(
                 "too_large",
                 &format!("a request line is at most {} bytes", ingest.max_line),
@@ -217,6 +222,19 @@ async fn connection(stream: UnixStream, ingest: Arc<Ingest>, mut shutdown: watch
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// A line longer than this leaves its connection's read buffer replaced once it is empty.
+const LARGE_LINE: usize = 64 * 1024;
+
+/// Replaces the read buffer a large line was cut from once nothing else is in it: the line
+/// shared its allocation, which the buffer would otherwise keep for as long as the
+/// connection stays open (an idle connection held about `max_event_bytes` after a large
+/// event; SPEC §13).
+fn release_large_buffer(lines: &mut FramedRead<OwnedReadHalf, LineCodec>, line: Bytes) {
+    if line.len() > LARGE_LINE && lines.read_buffer().is_empty() {
+        *lines.read_buffer_mut() = BytesMut::new();
+    }
 }
 
 /// Writes each reply as its answer comes, in request order; flushes when none is waiting.
