@@ -33,6 +33,24 @@ pub type SinkId = i64;
 /// How many commands may wait for the store thread.
 const QUEUE: usize = 4096;
 
+/// Bytes of events that may wait for the outbox thread or be in its transaction at once. A
+/// producer (`submit`, `append`) takes its event's share before queueing it and the outbox
+/// gives it back once it has answered, so a flood waits for commits (the socket stops reading
+/// its connections) instead of the queue holding `QUEUE` events of up to `max_event_bytes`
+/// each, and no transaction's batch holds more. An event larger than the whole budget takes
+/// all of it. 8 MiB is thousands of the small events the loopback benchmark sends (a batch
+/// holds at most 2,048 commands anyway) and 128 of 64 KiB: a commit's fsync is shared by
+/// enough of them (SPEC §13; `tests/memory_bounds.rs`).
+pub const BUDGET: usize = 8 * 1024 * 1024;
+
+/// The most bytes of event bodies one fetch returns, past its first delivery: a fetch stops
+/// after the delivery that reaches it, so an event of any size still goes, one at a time. A
+/// fetch of small events is bounded by its count (`FETCH` in `sinks`) long before this.
+pub const FETCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// An event's share of `BUDGET`, given back when it is dropped (after the answer).
+type Share = tokio::sync::OwnedSemaphorePermit;
+
 /// Why the outbox failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -133,7 +151,7 @@ pub struct Appended {
 /// the arena it came from, under that arena's lock, so three frees a delivery had the sink and
 /// the outbox thread waiting for each other's lock and waking each other through the kernel,
 /// a few dozen times a window (BENCHMARKS.md, "How the figures got here"). A delivery kept
-/// (retried, backing off) keeps its fetch's buffers, at most a few hundred KiB.
+/// (retried, backing off) keeps its fetch's buffers: at most `FETCH_BYTES` and one event.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Outbox order.
@@ -167,7 +185,7 @@ impl Delivery {
         attempts: u32,
     ) -> Self {
         let mut fetched = Fetched::default();
-        fetched.push(seq, attempts, id, event_type, body, created_ms);
+        assert!(fetched.push(seq, attempts, id, event_type, body, created_ms));
         fetched.finish().pop().expect("one delivery")
     }
 
@@ -197,7 +215,9 @@ pub(crate) struct Fetched {
 }
 
 impl Fetched {
-    /// Adds a delivery.
+    /// Adds a delivery; false (and nothing added) when its offsets would pass 4 GiB. A fetch
+    /// stops at `FETCH_BYTES`, and SQLite holds no value over 1 GB (`SQLITE_MAX_LENGTH`), so
+    /// the first delivery of a fetch always fits.
     pub(crate) fn push(
         &mut self,
         seq: i64,
@@ -206,10 +226,13 @@ impl Fetched {
         event_type: &str,
         body: &[u8],
         created_ms: i64,
-    ) {
-        // A fetch holds a few hundred events (`FETCH` in `sinks`) of at most `max_bytes`;
-        // offsets past 4 GiB cannot occur.
-        let at = |len: usize| u32::try_from(len).expect("a fetch under 4 GiB");
+    ) -> bool {
+        let text_end = self.text.len() + id.len() + event_type.len();
+        if u32::try_from(text_end.max(self.bodies.len() + body.len())).is_err() {
+            return false;
+        }
+        // Every offset is at most the ends checked above.
+        let at = |len: usize| len as u32;
         let id_at = at(self.text.len());
         self.text.push_str(id);
         let type_at = at(self.text.len());
@@ -224,6 +247,12 @@ impl Fetched {
             attempts,
             [id_at, type_at, type_end, body_at, body_end],
         ));
+        true
+    }
+
+    /// The bytes of the bodies added so far.
+    pub(crate) fn body_bytes(&self) -> usize {
+        self.bodies.len()
     }
 
     /// The deliveries, in the order added.
@@ -466,7 +495,12 @@ pub struct DeviceFacts {
 }
 
 enum Command {
-    Append(NewEvent, oneshot::Sender<Result<Appended, AppendError>>),
+    /// An event with its share of `BUDGET` (none from `append_blocking`).
+    Append(
+        NewEvent,
+        Option<Share>,
+        oneshot::Sender<Result<Appended, AppendError>>,
+    ),
     Transition(
         Transition,
         oneshot::Sender<Result<Option<Appended>, AppendError>>,
@@ -512,6 +546,8 @@ pub struct Opened {
 pub struct Outbox {
     tx: mpsc::Sender<Command>,
     published: Arc<Published>,
+    /// Bytes of `BUDGET` not taken by an event waiting for its answer.
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the outbox thread publishes after each batch, for the daemon's timers to read without
@@ -564,7 +600,16 @@ impl Outbox {
             .name("outbox".into())
             .spawn(move || store.run(rx, &theirs))
             .map_err(|e| StoreError::io(&storage.path, e))?;
-        Ok((Outbox { tx, published }, opened, thread))
+        let budget = Arc::new(tokio::sync::Semaphore::new(BUDGET));
+        Ok((
+            Outbox {
+                tx,
+                published,
+                budget,
+            },
+            opened,
+            thread,
+        ))
     }
 
     /// How many transactions the outbox thread has run: while it stays the same, so do the
@@ -590,11 +635,19 @@ impl Outbox {
         self.published.busy_again.notified().await;
     }
 
+    /// Waits for `event`'s share of `BUDGET`; `None` once the outbox is closed.
+    async fn share(&self, event: &NewEvent) -> Option<Share> {
+        // At least one byte, so an empty body waits its turn too; at most the whole budget.
+        let bytes = event.body.len().clamp(1, BUDGET) as u32;
+        self.budget.clone().acquire_many_owned(bytes).await.ok()
+    }
+
     /// Stores an event; resolves once it is committed (or refused).
     pub async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
         let (reply, rx) = oneshot::channel();
+        let share = self.share(&event).await;
         self.tx
-            .send(Command::Append(event, reply))
+            .send(Command::Append(event, share, reply))
             .await
             .map_err(|_| AppendError::Storage("the outbox is closed".into()))?;
         rx.await
@@ -602,14 +655,16 @@ impl Outbox {
     }
 
     /// Queues an event for storing and returns where its answer will arrive, so one client can
-    /// have many events in flight (and in one commit) without waiting for each.
+    /// have many events in flight (and in one commit) without waiting for each. Waits first for
+    /// the event's share of `BUDGET`.
     pub async fn submit(
         &self,
         event: NewEvent,
     ) -> oneshot::Receiver<Result<Appended, AppendError>> {
         let (reply, rx) = oneshot::channel();
+        let share = self.share(&event).await;
         // If the outbox is closed the reply sender is dropped and the receiver reports it.
-        let _ = self.tx.send(Command::Append(event, reply)).await;
+        let _ = self.tx.send(Command::Append(event, share, reply)).await;
         rx
     }
 
@@ -625,11 +680,12 @@ impl Outbox {
             .unwrap_or_else(|_| Err(AppendError::Storage("the outbox is closed".into())))
     }
 
-    /// Stores an event from a plain thread.
+    /// Stores an event from a plain thread, waiting for its answer: one event at a time, so
+    /// it takes no share of `BUDGET`.
     pub fn append_blocking(&self, event: NewEvent) -> Result<Appended, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .blocking_send(Command::Append(event, reply))
+            .blocking_send(Command::Append(event, None, reply))
             .map_err(|_| AppendError::Storage("the outbox is closed".into()))?;
         rx.blocking_recv()
             .unwrap_or_else(|_| Err(AppendError::Storage("the outbox is closed".into())))

@@ -8,6 +8,14 @@ use rusqlite::{Connection, OpenFlags};
 use super::StoreError;
 use crate::config::Durability;
 
+/// The size SQLite truncates the WAL back to when it starts it over after a checkpoint
+/// (`journal_size_limit`), and the most it is left at once every sink's queue is drained
+/// (`Store::shrink_wal_when_drained`): SPEC §13.
+pub(super) const WAL_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// How long the writer waits for a lock another connection holds.
+pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The schema this edgehook writes.
 pub const SCHEMA_VERSION: i64 = 3;
 
@@ -265,8 +273,7 @@ fn try_open(path: &Path, durability: Durability) -> Result<Connection, StoreErro
     let err = |e| StoreError::sqlite(path, e);
     keep_private(path)?;
     let conn = Connection::open(path).map_err(err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(err)?;
@@ -281,7 +288,8 @@ fn try_open(path: &Path, durability: Durability) -> Result<Connection, StoreErro
         Durability::Normal => "NORMAL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = {WAL_LIMIT};"
     ))
     .map_err(err)?;
     let version = check_version(&conn, path)?;

@@ -10,13 +10,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, Fact, Fetched, Measured,
-    Opened, Published, Redeliver, Redelivered, Report, Route, SinkId, SinkState, StoreError,
-    Totals, Transition, clock, lock, schema,
+    AppendError, Appended, Command, DECOMMISSIONED, Delivery, DeviceFacts, FETCH_BYTES, Fact,
+    Fetched, Measured, Opened, Published, Redeliver, Redelivered, Report, Route, Share, SinkId,
+    SinkState, StoreError, Totals, Transition, clock, lock, schema,
 };
 use crate::config::{Durability, Storage, WhenFull};
 
-/// Most commands run in one transaction.
+/// Most commands run in one transaction. Their events' bytes are bounded too: each holds its
+/// share of `BUDGET` until it is answered, so a batch holds at most `BUDGET` of them.
 const BATCH: usize = 2048;
 
 /// A sink's deliveries after a seq, in order, with their events. It has no `LIMIT`: SQLite
@@ -54,6 +55,9 @@ const REPORTS_STEP: Duration = Duration::from_micros(500);
 /// How long the outbox must have been quiet (nothing but the daemon's timers asking) before
 /// it gives the memory of its busy spell back (`give_back`).
 const QUIET_BEFORE_GIVING_BACK: Duration = Duration::from_secs(5);
+
+/// How long the checkpoint after a drain waits for readers to leave the WAL.
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(100);
 
 /// Deliveries whose reports are kept in memory while the disk is full (about 100 bytes each;
 /// a `DeliveredMany` counts as its number of deliveries).
@@ -313,6 +317,7 @@ impl Store {
                 .is_some_and(|at| at.elapsed() >= QUIET_BEFORE_GIVING_BACK)
             {
                 self.last_busy = None;
+                self.shrink_wal_when_drained();
                 give_back(&self.conn);
                 published.set_rested(true);
             }
@@ -321,14 +326,38 @@ impl Store {
         let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
     }
 
+    /// Once no sink has a delivery pending, checkpoints the WAL into the outbox and truncates
+    /// it, when it is over `WAL_LIMIT`: SQLite's own checkpoints (every 1,000 pages, after a
+    /// commit) move the WAL's pages into the outbox and `journal_size_limit` truncates it when
+    /// the next transaction starts it over, but a drain ends with no next transaction, and a
+    /// WAL left at its largest holds that much of the disk until the next busy spell. A reader
+    /// (`edgehook status`) may keep it from being truncated: the checkpoint waits for readers
+    /// only briefly (`CHECKPOINT_WAIT`, not the connection's busy timeout, as producers wait
+    /// meanwhile), and it is tried again at the next drained commit or once the outbox is at
+    /// rest.
+    fn shrink_wal_when_drained(&mut self) {
+        if self.sinks.values().any(|row| row.pending > 0) {
+            return;
+        }
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > schema::WAL_LIMIT) {
+            let _ = self.conn.busy_timeout(CHECKPOINT_WAIT);
+            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            let _ = self.conn.busy_timeout(schema::BUSY_TIMEOUT);
+        }
+    }
+
     /// Runs `batch` in one transaction (none when it writes nothing), publishes what the
     /// daemon's timers read (`Published`), then answers it, so that whoever had an answer
     /// reads the new state.
     fn run_batch(&mut self, batch: &mut Vec<Command>, published: &Published) {
         enum Answer {
+            /// With the event's share of `BUDGET`, given back once answered.
             Append(
                 oneshot::Sender<Result<Appended, AppendError>>,
                 Result<Appended, AppendError>,
+                Option<Share>,
             ),
             Fetch(
                 oneshot::Sender<Result<Vec<Delivery>, String>>,
@@ -378,9 +407,11 @@ impl Store {
         for cmd in batch.drain(..) {
             if let Some(f) = &failure {
                 match cmd {
-                    Command::Append(_, reply) => {
-                        answers.push(Answer::Append(reply, Err(AppendError::Storage(f.clone()))))
-                    }
+                    Command::Append(_, share, reply) => answers.push(Answer::Append(
+                        reply,
+                        Err(AppendError::Storage(f.clone())),
+                        share,
+                    )),
                     Command::Transition(_, reply) => answers.push(Answer::Transition(
                         reply,
                         Err(AppendError::Storage(f.clone())),
@@ -401,8 +432,8 @@ impl Store {
                 continue;
             }
             let cmd = match cmd {
-                Command::Append(_, reply) if hold => {
-                    answers.push(Answer::Append(reply, Err(AppendError::NoSpace)));
+                Command::Append(_, share, reply) if hold => {
+                    answers.push(Answer::Append(reply, Err(AppendError::NoSpace), share));
                     continue;
                 }
                 Command::Transition(_, reply) if hold => {
@@ -417,15 +448,16 @@ impl Store {
             };
             stored_any |= matches!(cmd, Command::Append(..) | Command::Transition(..));
             let outcome = match cmd {
-                Command::Append(event, reply) => match self.append(event) {
+                Command::Append(event, share, reply) => match self.append(event) {
                     Ok(r) => {
-                        answers.push(Answer::Append(reply, r));
+                        answers.push(Answer::Append(reply, r, share));
                         Ok(())
                     }
                     Err(e) => {
                         answers.push(Answer::Append(
                             reply,
                             Err(AppendError::Storage(e.to_string())),
+                            share,
                         ));
                         Err(e)
                     }
@@ -525,7 +557,7 @@ impl Store {
         let totals = self.totals();
         for a in answers {
             match a {
-                Answer::Append(reply, r) => {
+                Answer::Append(reply, r, _share) => {
                     let r = match (&failure, r) {
                         (Some(_), Ok(_) | Err(AppendError::Storage(_))) if no_space => {
                             Err(AppendError::NoSpace)
@@ -578,6 +610,9 @@ impl Store {
             if let Some((_, route)) = self.routes.iter().find(|(sid, _)| *sid == id) {
                 route.wake.raise();
             }
+        }
+        if transaction && failure.is_none() {
+            self.shrink_wal_when_drained();
         }
     }
 
@@ -860,14 +895,18 @@ impl Store {
         }
     }
 
-    /// The sink's next `limit` deliveries after `after`, in order (see `FETCH_DELIVERIES`).
+    /// The sink's next `limit` deliveries after `after`, in order (see `FETCH_DELIVERIES`), up
+    /// to the one that brings their bodies to `FETCH_BYTES`.
     fn fetch(&mut self, sink: SinkId, after: i64, limit: usize) -> rusqlite::Result<Vec<Delivery>> {
         let mut stmt = self.conn.prepare_cached(FETCH_DELIVERIES)?;
         let mut rows = stmt.query(params![sink, after])?;
         let mut fetched = Fetched::default();
         for _ in 0..limit {
+            if fetched.body_bytes() >= FETCH_BYTES {
+                break;
+            }
             let Some(r) = rows.next()? else { break };
-            fetched.push(
+            let added = fetched.push(
                 r.get(0)?,
                 r.get(1)?,
                 r.get_ref(2)?.as_str()?,
@@ -875,6 +914,9 @@ impl Store {
                 r.get_ref(4)?.as_blob()?,
                 r.get(5)?,
             );
+            if !added {
+                break;
+            }
         }
         Ok(fetched.finish())
     }

@@ -1105,3 +1105,122 @@ fn the_outbox_publishes_its_commits_and_whether_anything_can_expire() {
     assert!(!outbox.may_expire());
     close(outbox, thread);
 }
+
+/// An event of type `x` whose stored body is `len` bytes and a little more.
+fn sized_event(len: usize) -> NewEvent {
+    let data = serde_json::json!({ "pad": "x".repeat(len) });
+    crate::event::build_value(None, "x", &data, SystemTime::now())
+}
+
+#[test]
+fn a_fetch_stops_at_its_byte_bound_and_still_takes_an_event_larger_than_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    outbox
+        .append_blocking(sized_event(FETCH_BYTES + FETCH_BYTES / 2))
+        .unwrap();
+    for _ in 0..4 {
+        outbox
+            .append_blocking(sized_event(FETCH_BYTES * 3 / 8))
+            .unwrap();
+    }
+    let sizes = |after: i64| -> (Vec<usize>, i64) {
+        let fetched = outbox.fetch_blocking(ids[0], after, 512).unwrap();
+        let last = fetched.last().map_or(after, |d| d.seq);
+        (fetched.iter().map(|d| d.body().len()).collect(), last)
+    };
+    // The large event alone, then small ones up to the one that reaches the bound.
+    let (first, after) = sizes(0);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0] > FETCH_BYTES);
+    let (second, after) = sizes(after);
+    assert_eq!(second.len(), 3, "{second:?}");
+    assert!(second.iter().sum::<usize>() >= FETCH_BYTES);
+    let (third, _) = sizes(after);
+    assert_eq!(third.len(), 1, "{third:?}");
+    close(outbox, thread);
+}
+
+#[test]
+fn a_producer_waits_for_its_share_of_the_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, _, thread) = open(&cfg);
+    rt().block_on(async {
+        let taken = outbox
+            .budget
+            .clone()
+            .acquire_many_owned(BUDGET as u32)
+            .await
+            .unwrap();
+        let mut submit = Box::pin(outbox.submit(event(1, "x")));
+        let queued = tokio::select! {
+            biased;
+            _ = &mut submit => true,
+            _ = tokio::task::yield_now() => false,
+        };
+        assert!(!queued, "queued while the budget is taken");
+        drop(taken);
+        let answer = submit.await.await.unwrap();
+        assert!(answer.unwrap().stored);
+        // Given back once answered (just after the answer is sent, on the outbox thread).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while outbox.budget.available_permits() < BUDGET {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the share is given back"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    close(outbox, thread);
+}
+
+#[test]
+fn the_wal_is_truncated_once_every_queue_is_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", &[("a", "\"*\"")]);
+    let (outbox, ids, thread) = open(&cfg);
+    let wal = dir.path().join("outbox.db-wal");
+    let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // A reader holding its snapshot keeps SQLite's own checkpoints from moving anything, so
+    // the WAL grows past its limit and no commit starts it over.
+    let reader = rusqlite::Connection::open(dir.path().join("outbox.db")).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM events;")
+        .unwrap();
+    for _ in 0..12 {
+        outbox.append_blocking(sized_event(1024 * 1024)).unwrap();
+    }
+    assert!(wal_size() > 3 * schema::WAL_LIMIT, "{} bytes", wal_size());
+    reader.execute_batch("COMMIT").unwrap();
+    // Fetches end at `FETCH_BYTES`: the queue is read in several.
+    let mut done = Vec::new();
+    loop {
+        let after = done.last().map_or(0, |(seq, _)| *seq);
+        let fetched = outbox.fetch_blocking(ids[0], after, 100).unwrap();
+        if fetched.is_empty() {
+            break;
+        }
+        done.extend(fetched.iter().map(|d| (d.seq, Measured::default())));
+    }
+    assert_eq!(done.len(), 12);
+    outbox.report_blocking(Report::DeliveredMany {
+        sink: ids[0],
+        at_ms: now_ms(),
+        done,
+    });
+    assert!(outbox.fetch_blocking(ids[0], 0, 1).unwrap().is_empty());
+    // The checkpoint follows the answers of the batch that drained the queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while wal_size() > schema::WAL_LIMIT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL is {} bytes once drained",
+            wal_size()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    close(outbox, thread);
+}

@@ -21,7 +21,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{SinkKind, SinkSpec};
-use crate::outbox::{Delivery, Measured, Outbox, Report, SinkId, SinkState, clock, now_ms};
+use crate::outbox::{
+    Delivery, FETCH_BYTES, Measured, Outbox, Report, SinkId, SinkState, clock, now_ms,
+};
 use crate::wake::Wake;
 
 /// How many deliveries a sink reads from its queue at once (the HTTP feeder, the MQTT session).
@@ -34,6 +36,10 @@ const FETCH: usize = 512;
 /// ran dry and waited for the answer about every other read, for a quarter to nearly half of
 /// an MQTT drain.
 const READ_AHEAD_LOW: usize = FETCH;
+/// Nor does it read again while more than this many bytes of bodies wait: with large events a
+/// read-ahead holds at most about twice `FETCH_BYTES` (and one event), not `READ_AHEAD_LOW +
+/// FETCH` of them (SPEC §13).
+const READ_AHEAD_LOW_BYTES: usize = FETCH_BYTES;
 /// How long an idle feeder sleeps before looking again on its own.
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -218,6 +224,8 @@ impl Shared {
 #[derive(Default)]
 struct ReadAhead {
     queue: RefCell<VecDeque<Delivery>>,
+    /// The bytes of the bodies in `queue`.
+    bytes: Cell<usize>,
     /// The sink stops: tasks take nothing more, the feeder reads nothing more.
     closed: Cell<bool>,
     /// Raised for the tasks: deliveries arrived, or the sink stops.
@@ -233,14 +241,21 @@ impl ReadAhead {
             if self.closed.get() {
                 return false;
             }
-            if self.queue.borrow().len() <= READ_AHEAD_LOW {
+            if self.is_low() {
                 return true;
             }
             self.low.notified().await;
         }
     }
 
+    /// Whether the feeder should read again: few enough deliveries, and bytes, wait.
+    fn is_low(&self) -> bool {
+        runs_low(self.queue.borrow().len(), self.bytes.get())
+    }
+
     fn extend(&self, batch: Vec<Delivery>) {
+        let bytes: usize = batch.iter().map(|d| d.body().len()).sum();
+        self.bytes.set(self.bytes.get() + bytes);
         self.queue.borrow_mut().extend(batch);
         self.filled.notify_waiters();
     }
@@ -251,14 +266,15 @@ impl ReadAhead {
             if self.closed.get() {
                 return None;
             }
-            let next = {
-                let mut queue = self.queue.borrow_mut();
-                let next = queue.pop_front();
-                if next.is_some() && queue.len() == READ_AHEAD_LOW {
+            let was_low = self.is_low();
+            let next = self.queue.borrow_mut().pop_front();
+            if let Some(d) = &next {
+                self.bytes.set(self.bytes.get() - d.body().len());
+                // Once, as it runs low, so the feeder wakes once a read.
+                if !was_low && self.is_low() {
                     self.low.notify_one();
                 }
-                next
-            };
+            }
             if next.is_some() {
                 return next;
             }
@@ -271,9 +287,16 @@ impl ReadAhead {
     fn close(&self) {
         self.closed.set(true);
         self.queue.borrow_mut().clear();
+        self.bytes.set(0);
         self.filled.notify_waiters();
         self.low.notify_one();
     }
+}
+
+/// Whether a sink holding `queued` deliveries of `bytes` bytes of bodies should read its queue
+/// again (`READ_AHEAD_LOW`, `READ_AHEAD_LOW_BYTES`).
+fn runs_low(queued: usize, bytes: usize) -> bool {
+    queued <= READ_AHEAD_LOW && bytes <= READ_AHEAD_LOW_BYTES
 }
 
 /// A running sink.
@@ -666,6 +689,28 @@ mod tests {
                 seqs.push(d.seq);
             }
             assert_eq!(seqs, (1..=FULL as i64).collect::<Vec<_>>());
+        });
+    }
+
+    #[test]
+    fn the_read_ahead_runs_low_by_bytes_as_well_as_by_count() {
+        let big = |seq: i64| {
+            let body = vec![b'x'; READ_AHEAD_LOW_BYTES / 4];
+            Delivery::new(seq, &seq.to_string(), "test", &body, 0, 0)
+        };
+        let ahead = ReadAhead::default();
+        on_runtime(async {
+            // Six deliveries of a quarter of the mark each: few, but too many bytes.
+            ahead.extend((1..=6).map(big).collect());
+            let mut feeder = Box::pin(ahead.wait_low());
+            assert!(
+                waits(&mut feeder).await,
+                "the feeder waits while 1.5x the mark waits"
+            );
+            assert_eq!(ahead.take().await.unwrap().seq, 1);
+            assert!(waits(&mut feeder).await, "1.25x the mark still waits");
+            assert_eq!(ahead.take().await.unwrap().seq, 2);
+            assert!(feeder.await, "the feeder reads again at the mark");
         });
     }
 

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::mqtt_wire::{self as wire, Incoming};
-use super::{FETCH, READ_AHEAD_LOW, Refusal, Shared, SinkError, backoff};
+use super::{FETCH, Refusal, Shared, SinkError, backoff, runs_low};
 use crate::config::{MqttSpec, SinkKind, SinkSpec};
 use crate::outbox::{Delivery, Measured, Report, SinkState, now_ms};
 
@@ -673,6 +673,14 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Whether to read the queue again: few enough deliveries, and bytes, wait to be
+    /// published (counted only when few enough deliveries wait, which is when it matters).
+    fn runs_low(&self) -> bool {
+        let queued = self.queued.len();
+        queued <= super::READ_AHEAD_LOW
+            && runs_low(queued, self.queued.iter().map(|d| d.body().len()).sum())
+    }
+
     /// A packet identifier no unacknowledged publish holds.
     fn pkid(&mut self) -> u16 {
         loop {
@@ -743,7 +751,7 @@ impl<'a> Session<'a> {
                 .hold_until
                 .is_some_and(|t| t > tokio::time::Instant::now());
             // Read ahead while the window still has work, so it never waits for the outbox.
-            if asked.is_none() && !exhausted && self.queued.len() <= READ_AHEAD_LOW {
+            if asked.is_none() && !exhausted && self.runs_low() {
                 work_seen = s.work.generation();
                 match s.outbox.ask_fetch(s.id, cursor, FETCH).await {
                     Ok(answer) => asked = Some(Box::pin(answer)),

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -300,7 +301,9 @@ async fn connection(
             }
             Some(Ok(Line::Complete(line))) => {
                 last_request = tokio::time::Instant::now();
-                match handle(&line, &peer, &ingest).await {
+                let answer = handle(&line, &peer, &ingest).await;
+                release_large_buffer(&mut lines, line);
+                match answer {
                     Some(p) => p,
                     None => continue,
                 }
@@ -369,6 +372,19 @@ impl Progress {
                 return;
             }
         }
+    }
+}
+
+/// A line longer than this leaves its connection's read buffer replaced once it is empty.
+const LARGE_LINE: usize = 64 * 1024;
+
+/// Replaces the read buffer a large line was cut from once nothing else is in it: the line
+/// shared its allocation, which the buffer would otherwise keep for as long as the
+/// connection stays open (an idle connection held about `max_event_bytes` after a large
+/// event; SPEC §13).
+fn release_large_buffer(lines: &mut FramedRead<OwnedReadHalf, LineCodec>, line: Bytes) {
+    if line.len() > LARGE_LINE && lines.read_buffer().is_empty() {
+        *lines.read_buffer_mut() = BytesMut::new();
     }
 }
 

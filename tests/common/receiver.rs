@@ -64,6 +64,8 @@ struct Shared {
     behaviour: Mutex<Behaviour>,
     stopped: AtomicBool,
     connections: Mutex<Vec<TcpStream>>,
+    /// Bodies are read and dropped, not kept (`discard_bodies`).
+    discard_bodies: AtomicBool,
 }
 
 /// The receiver.
@@ -86,6 +88,7 @@ impl Receiver {
             behaviour: Mutex::new(behaviour),
             stopped: AtomicBool::new(false),
             connections: Mutex::new(Vec::new()),
+            discard_bodies: AtomicBool::new(false),
         });
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
@@ -151,6 +154,12 @@ impl Receiver {
             }
         };
         self.listen(listener);
+    }
+
+    /// Keeps no request's body from now on (each is read and dropped; `Request::body` is
+    /// empty), so a load of large events does not pile up in the test's memory.
+    pub fn discard_bodies(&self) {
+        self.shared.discard_bodies.store(true, Ordering::SeqCst);
     }
 
     pub fn set_behaviour(&self, b: Behaviour) {
@@ -247,6 +256,9 @@ fn serve(stream: TcpStream, shared: &Shared) {
         }
         if shared.stopped.load(Ordering::SeqCst) {
             return;
+        }
+        if shared.discard_bodies.load(Ordering::SeqCst) {
+            body = Vec::new();
         }
         let mut req = Request {
             path,
