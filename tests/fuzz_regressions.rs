@@ -50,7 +50,8 @@ fn config_errors_at_multibyte_characters_and_at_the_end_have_a_position_inside_t
 }
 
 /// Lines as the socket cuts `data` arriving in `chunk`-byte pieces, with the limit `max`
-/// (without `Line::Started`, which only marks when a line began, to time its rest).
+/// (without `Line::Started` and `Line::Large`, which only mark when a line began, to time its
+/// rest, and when it grew large, to take a slot).
 fn lines(data: &[u8], chunk: usize, max: usize) -> Vec<Line> {
     let mut codec = LineCodec::new(max);
     let mut buf = BytesMut::new();
@@ -64,7 +65,7 @@ fn lines(data: &[u8], chunk: usize, max: usize) -> Vec<Line> {
     while let Some(l) = codec.decode_eof(&mut buf).unwrap() {
         out.push(l);
     }
-    out.retain(|l| *l != Line::Started);
+    out.retain(|l| !matches!(l, Line::Started | Line::Large));
     out
 }
 

@@ -305,11 +305,56 @@ fn a_restart_over_a_backlog_of_1_mib_events_drains_under_48_mib_and_leaves_a_sma
 }
 
 #[test]
+fn a_hundred_clients_sending_1_mib_events_at_once_keep_the_daemon_under_48_mib() {
+    // Each connection reads a line over 64 KiB only while it holds one of a few slots; the
+    // others are not read meanwhile, so what the daemon holds does not grow with the clients.
+    // A sink that cannot deliver, so every event is stored.
+    let mut receiver = Receiver::ok();
+    receiver.stop();
+    let setup = Setup::new(&http_sink("cloud", &receiver.url(), SECRET, ""));
+    setup.write_config_sections(
+        "",
+        "max_event_bytes = \"1MiB\"\nmax_connections = 256\n",
+        "",
+    );
+    let daemon = setup.start();
+    let at_ready = rss_anon(daemon.pid()).expect("the daemon runs");
+    let sampler = Sampler::start(daemon.pid(), wal_of(&setup));
+    let clients = scaled(100);
+    let started = std::time::Instant::now();
+    pipeline(&setup.socket(), clients, 2, 1024 * 1024 - 64);
+    let peaks = sampler.stop();
+    eprintln!(
+        "{clients} clients x 2 events of 1 MiB in {:?}: RssAnon at ready {}, peak {}; WAL peak {}",
+        started.elapsed(),
+        mib(at_ready),
+        mib(peaks.rss_anon),
+        mib(peaks.wal)
+    );
+    assert_rss_anon(
+        "clients sending 1 MiB events at once",
+        peaks.rss_anon,
+        at_ready,
+    );
+    assert!(
+        peaks.wal < WAL_BOUND,
+        "the WAL reached {} (bound {})",
+        mib(peaks.wal),
+        mib(WAL_BOUND)
+    );
+}
+
+#[test]
 fn idle_connections_do_not_keep_the_buffer_of_a_large_event() {
     // Each client sends one event of 1 MiB, takes its reply and stays connected, as an
     // application keeping its connection open between events does.
     let setup = Setup::new("");
-    setup.write_config_sections("", "max_event_bytes = \"1MiB\"\n", "");
+    // Room for all the test's connections, which come from one uid.
+    setup.write_config_sections(
+        "",
+        "max_event_bytes = \"1MiB\"\nmax_connections = 256\n",
+        "",
+    );
     let daemon = setup.start();
     let at_ready = rss_anon(daemon.pid()).expect("the daemon runs");
     let clients = scaled(64);

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, FramedRead};
@@ -66,6 +66,20 @@ pub struct Ingest {
     pub access: Arc<Rules>,
     /// Where control requests go.
     pub control: mpsc::Sender<control::Request>,
+    /// Slots for lines over [`LARGE_LINE`]: a connection reads the rest of such a line only
+    /// while it holds one, so the bytes all connections hold bound themselves (SPEC §13).
+    large_lines: Arc<Semaphore>,
+}
+
+/// What connections may hold of lines over [`LARGE_LINE`] at once, all together. A line of
+/// `max_event_bytes` costs about twice that while it is read (the read buffer grows by
+/// doubling) and once more as the event it becomes, until the outbox takes it.
+const LARGE_LINES_BUDGET: usize = 8 * 1024 * 1024;
+
+/// How many connections may read a line over [`LARGE_LINE`] at once, for lines of at most
+/// `max_line` bytes: 4 at 1 MiB, 16 at 256 KiB.
+fn large_line_slots(max_line: usize) -> usize {
+    (LARGE_LINES_BUDGET / max_line.saturating_mul(2).max(1)).clamp(2, 64)
 }
 
 impl Ingest {
@@ -83,6 +97,9 @@ impl Ingest {
             idle_timeout: config.idle_timeout,
             access,
             control,
+            large_lines: Arc::new(Semaphore::new(large_line_slots(
+                config.max_event_bytes as usize,
+            ))),
         }
     }
 
@@ -255,6 +272,8 @@ async fn connection(
     let mut last_request = tokio::time::Instant::now();
     let idle = tokio::time::sleep(ingest.idle_timeout);
     tokio::pin!(idle);
+    // The slot a line over `LARGE_LINE` is read in, until that line is handled.
+    let mut large: Option<OwnedSemaphorePermit> = None;
     loop {
         let stalled = async {
             match line_due {
@@ -299,10 +318,24 @@ async fn connection(
                 line_due = Some(tokio::time::Instant::now() + LINE_TIMEOUT);
                 continue;
             }
+            Some(Ok(Line::Large)) if large.is_some() => continue,
+            Some(Ok(Line::Large)) => {
+                // Nothing more is read from this client until a slot is free; its line's time
+                // runs from then.
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    permit = ingest.large_lines.clone().acquire_owned() => large = permit.ok(),
+                }
+                line_due = Some(tokio::time::Instant::now() + LINE_TIMEOUT);
+                continue;
+            }
             Some(Ok(Line::Complete(line))) => {
                 last_request = tokio::time::Instant::now();
                 let answer = handle(&line, &peer, &ingest).await;
-                release_large_buffer(&mut lines, line);
+                drop(line);
+                if large.is_some() && shrink_read_buffer(&mut lines) {
+                    drop(large.take());
+                }
                 match answer {
                     Some(p) => p,
                     None => continue,
@@ -310,6 +343,9 @@ async fn connection(
             }
             Some(Ok(Line::TooLong)) => {
                 last_request = tokio::time::Instant::now();
+                if large.is_some() && shrink_read_buffer(&mut lines) {
+                    drop(large.take());
+                }
                 Pending::Ready(reply_err(
                     "too_large",
                     &format!("a request line is at most {} bytes", ingest.max_line),
@@ -375,17 +411,24 @@ impl Progress {
     }
 }
 
-/// A line longer than this leaves its connection's read buffer replaced once it is empty.
+/// A line longer than this is read only in one of the few slots for large lines; a buffer
+/// that grew for one is replaced by one just large enough for what is left in it.
 const LARGE_LINE: usize = 64 * 1024;
 
-/// Replaces the read buffer a large line was cut from once nothing else is in it: the line
-/// shared its allocation, which the buffer would otherwise keep for as long as the
-/// connection stays open (an idle connection held about `max_event_bytes` after a large
-/// event; SPEC §13).
-fn release_large_buffer(lines: &mut FramedRead<OwnedReadHalf, LineCodec>, line: Bytes) {
-    if line.len() > LARGE_LINE && lines.read_buffer().is_empty() {
-        *lines.read_buffer_mut() = BytesMut::new();
+/// After a large line is taken from the buffer: where at most [`LARGE_LINE`] bytes of what
+/// follows are left, moves them into a buffer of their own and returns true, so the
+/// connection may give up its slot. The line was cut from the buffer's allocation, which the
+/// rest would otherwise keep alive, however small it is, for as long as the connection reads
+/// (about `max_event_bytes` for each connection waiting for a slot for its next line, or idle).
+/// The start of another large line keeps the buffer and the slot.
+fn shrink_read_buffer(lines: &mut FramedRead<OwnedReadHalf, LineCodec>) -> bool {
+    let buf = lines.read_buffer();
+    if buf.len() > LARGE_LINE {
+        return false;
     }
+    let rest = BytesMut::from(&buf[..]);
+    *lines.read_buffer_mut() = rest;
+    true
 }
 
 /// Writes each reply as its answer comes, in request order; flushes when none is waiting.
@@ -425,6 +468,9 @@ pub enum Line {
     /// The start of a line arrived without its newline (once per line), so the connection can
     /// time the rest.
     Started,
+    /// The unfinished line passed [`LARGE_LINE`] bytes (once per line, and only where lines may
+    /// be longer), so the connection can take a slot before it reads more.
+    Large,
 }
 
 /// Newline-delimited frames of at most `max` bytes. An over-long line is an item, not an
@@ -440,6 +486,8 @@ pub struct LineCodec {
     discarding: bool,
     /// Whether `Line::Started` was given for the line now in the buffer.
     started: bool,
+    /// Whether `Line::Large` was given for the line now in the buffer.
+    large: bool,
 }
 
 impl LineCodec {
@@ -450,6 +498,7 @@ impl LineCodec {
             searched: 0,
             discarding: false,
             started: false,
+            large: false,
         }
     }
 }
@@ -480,6 +529,7 @@ impl Decoder for LineCodec {
                     let end = self.searched + at;
                     self.searched = 0;
                     self.started = false;
+                    self.large = false;
                     let mut line = buf.split_to(end + 1);
                     line.truncate(end);
                     return Ok(Some(Line::Complete(line.freeze())));
@@ -487,6 +537,7 @@ impl Decoder for LineCodec {
                 (false, None) if buf.len() > self.max => {
                     self.discarding = true;
                     self.started = false;
+                    self.large = false;
                     return Ok(Some(Line::TooLong));
                 }
                 (false, None) => {
@@ -494,6 +545,10 @@ impl Decoder for LineCodec {
                     if !buf.is_empty() && !self.started {
                         self.started = true;
                         return Ok(Some(Line::Started));
+                    }
+                    if buf.len() > LARGE_LINE && !self.large {
+                        self.large = true;
+                        return Ok(Some(Line::Large));
                     }
                     return Ok(None);
                 }
@@ -510,6 +565,7 @@ impl Decoder for LineCodec {
             None => {
                 self.searched = 0;
                 self.started = false;
+                self.large = false;
                 Some(Line::Complete(buf.split().freeze()))
             }
         })
@@ -745,6 +801,40 @@ mod tests {
             take(l, &buf, &mut out);
         }
         out
+    }
+
+    #[test]
+    fn a_line_over_large_line_is_announced_once_before_it_ends_and_only_where_lines_may_be_longer()
+    {
+        let line = |len: usize| {
+            let mut l = vec![b'x'; len];
+            l.push(b'\n');
+            l
+        };
+        let items = |max: usize, data: &[u8]| {
+            let mut codec = LineCodec::new(max);
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for piece in data.chunks(8192) {
+                buf.extend_from_slice(piece);
+                while let Some(l) = codec.decode(&mut buf).unwrap() {
+                    out.push(match l {
+                        Line::Complete(b) => format!("line {}", b.len()),
+                        other => format!("{other:?}"),
+                    });
+                }
+            }
+            out
+        };
+        let two = [line(100_000), line(10)].concat();
+        assert_eq!(
+            items(1 << 20, &two),
+            ["Started", "Large", "line 100000", "line 10"]
+        );
+        // Under a limit of 64 KiB the line is too long, and never large.
+        assert_eq!(items(LARGE_LINE, &two), ["Started", "TooLong", "line 10"]);
+        assert_eq!(large_line_slots(1 << 20), 4);
+        assert_eq!(large_line_slots(256), 64);
     }
 
     #[test]
