@@ -177,6 +177,7 @@ fn every_command_has_help_with_an_example() {
         &["dead-letters"],
         &["redeliver"],
         &["resume"],
+        &["reload"],
         &["test"],
         &["verify"],
         &["secret", "generate"],

@@ -658,3 +658,67 @@ fn an_invalid_file_on_reload_keeps_the_running_config_and_says_why() {
         || receiver.delivered_ids().contains(&id),
     );
 }
+
+/// `edgehook reload` is the unit's `ExecReload`: it returns once the daemon has the new config
+/// (exit 0), exits 78 with the reason when the new config is refused, whether the command's own
+/// check or the daemon refused it, while the daemon runs on with the old one, and 69 when no
+/// daemon answers.
+#[test]
+fn reload_waits_for_the_outcome_and_exits_78_when_the_new_config_is_refused() {
+    let receiver = Receiver::ok();
+    let cloud = http_sink("cloud", &receiver.url(), SECRET, "");
+    let setup = Setup::new(&cloud);
+    let mut daemon = setup.start();
+
+    // The new sink is routed by the time the command returns: an event emitted next is queued
+    // for it (one emitted before its route is not).
+    let extra = Receiver::ok();
+    setup.write_config(&format!(
+        "{cloud}{}",
+        http_sink("extra", &extra.url(), SECRET, "")
+    ));
+    let out = run(&setup.config, &["reload"]);
+    assert!(succeeded(&out).contains("2 sink(s) running"));
+    let id = emit_one(&setup.socket(), "sensor.reading", json!(0));
+    wait_until(Duration::from_secs(30), "delivery to the new sink", || {
+        extra.delivered_ids().contains(&id)
+    });
+
+    std::fs::write(&setup.config, "[[sink]]\nname = \"cloud\"\nurl = 42\n").unwrap();
+    refused_with_78(&run(&setup.config, &["reload"]), "edgehook.toml:3:7");
+
+    // A file the command accepts but the daemon cannot apply: a signing sink without a secret,
+    // whose generated secret cannot be kept because `secrets` is a plain file.
+    std::fs::write(setup.dir.path().join("secrets"), "in the way").unwrap();
+    setup.write_config(&format!(
+        "{cloud}[[sink]]\nname = \"generated\"\nurl = \"{}\"\n[sink.signing]\nscheme = \"standard\"\n",
+        receiver.url()
+    ));
+    refused_with_78(
+        &run(&setup.config, &["reload"]),
+        "invalid: cannot keep the generated secret of sink generated",
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("Reload refused, the running config stays"),
+        "{}",
+        daemon.log()
+    );
+
+    let id = emit_one(&setup.socket(), "sensor.reading", json!(1));
+    wait_until(
+        Duration::from_secs(30),
+        "delivery with the config the daemon kept",
+        || receiver.delivered_ids().contains(&id),
+    );
+
+    assert_eq!(daemon.terminate(), Some(0));
+    let out = run(&setup.config, &["reload"]);
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

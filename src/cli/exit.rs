@@ -138,6 +138,15 @@ pub fn refused(code: &str, error: &str) -> Failure {
     Failure::new(exit, format!("{code}: {error}"))
 }
 
+/// The failure for a `reload` the daemon refused: `invalid` is the new config refused (the
+/// running one stays), a configuration error like any other.
+pub fn reload_refused(code: &str, error: &str) -> Failure {
+    match code {
+        "invalid" => Failure::new(Code::Config, format!("{code}: {error}")),
+        _ => refused(code, error),
+    }
+}
+
 /// Prints the error with its chain of causes.
 pub fn report(f: &Failure) {
     let mut text = format!("edgehook: error: {}", f.error);

@@ -39,6 +39,7 @@ mod inventory;
 mod lifecycle;
 mod output;
 mod receive;
+mod reload;
 mod run;
 mod secret;
 mod sink;
@@ -88,6 +89,9 @@ pub enum Command {
     Redeliver(dead_letters::RedeliverArgs),
     /// Un-pause a sink paused by 410 Gone
     Resume(dead_letters::ResumeArgs),
+    /// Make the running daemon read its config again; waits for the outcome (exit 78 if refused)
+    #[command(after_help = "Example:\n  edgehook reload")]
+    Reload,
     /// Send one webhook-test event to a sink now, outside the outbox (exit 1 if it fails)
     Test(test::Args),
     /// Check a received webhook's signature (exit 0 valid, 1 invalid)
@@ -148,6 +152,7 @@ fn dispatch(cli: Cli) -> Result<Code, Failure> {
         Command::DeadLetters(a) => dead_letters::list(&config_path, a),
         Command::Redeliver(a) => dead_letters::redeliver(&config_path, a),
         Command::Resume(a) => dead_letters::resume(&config_path, a),
+        Command::Reload => reload::run(&config_path),
         Command::Test(a) => test::run(&config_path, a),
         Command::Verify(a) => verify::run(a),
         Command::Secret(a) => secret::run(a),
