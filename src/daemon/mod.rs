@@ -128,13 +128,15 @@ pub fn run_until(
     let access = Arc::new(ingest::Rules::new(ingest::Access::resolve(
         config.ingest.admin_group.as_deref(),
     )));
+    // Before any sink starts, so that a daemon whose socket another one answers on has
+    // delivered nothing when it stops.
+    let socket = ingest::listen(&config.ingest)?;
     let (supervisor, sink_count, configs) = Supervisor::start(
         &config,
         outbox.clone(),
         opened.device_id.clone(),
         access.clone(),
     )?;
-    let socket = ingest::listen(&config.ingest)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
