@@ -32,6 +32,18 @@ pub struct MqttSpec {
     pub keep_alive: Duration,
     /// Presence topic template.
     pub status_topic: String,
+    /// The MQTT version spoken.
+    pub protocol: Protocol,
+}
+
+/// The MQTT version a sink speaks (`protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 5: the signature headers go as user properties.
+    V5,
+    /// MQTT 3.1.1: no properties, so each payload is a JSON object carrying the headers and
+    /// the body (SPEC §15).
+    V311,
 }
 
 /// The MQTT settings of sink `name`; its templates may use its `metadata`.
@@ -86,6 +98,17 @@ pub(super) fn check_mqtt(
     if password.is_some() && !tls {
         warn_plain_password(c, name, &host);
     }
+    let protocol = match s.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        None | Some((_, "5")) => Protocol::V5,
+        Some((_, "3.1.1")) => Protocol::V311,
+        Some((p, other)) => {
+            c.at(
+                p,
+                format!("sink `{name}`: `protocol` is \"5\" or \"3.1.1\", not {other:?}"),
+            );
+            Protocol::V5
+        }
+    };
     let template = |t: &Option<Spanned<String>>, default: &str, c: &mut Checker<'_>| {
         let text = t
             .as_ref()
@@ -113,6 +136,7 @@ pub(super) fn check_mqtt(
             .as_ref()
             .map_or(Duration::from_secs(30), |k| k.get_ref().0),
         status_topic: template(&s.status_topic, "edgehook/{device_id}/status", c),
+        protocol,
     }
 }
 

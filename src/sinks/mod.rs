@@ -8,7 +8,6 @@ pub mod backoff;
 pub mod format;
 pub mod http;
 pub mod mqtt;
-pub mod mqtt_wire;
 pub mod signing;
 pub mod tls;
 
