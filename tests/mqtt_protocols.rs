@@ -138,3 +138,100 @@ fn a_3_1_1_broker_refusing_the_credentials_is_named_in_the_sink_s_error() {
     let s = setup.sink_status("old");
     assert_eq!(s["pending"], 1, "{s}");
 }
+
+/// A Mosquitto with a WebSockets-over-TLS listener beside its plain one, and the port of the
+/// WebSockets one.
+fn broker_with_wss(setup: &Setup, pki: &std::path::Path) -> (Broker, u16) {
+    let ws = free_port();
+    let broker = Broker::start(
+        setup.dir.path(),
+        &format!(
+            "allow_anonymous true\nlistener {ws} 127.0.0.1\nprotocol websockets\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key",
+            pki.display()
+        ),
+    );
+    (broker, ws)
+}
+
+#[test]
+fn wss_carries_both_versions_through_a_websockets_listener_and_its_tls() {
+    if !mosquitto_available() || !openssl_available() {
+        return;
+    }
+    let setup = Setup::new("");
+    let pki = setup.dir.path().join("pki");
+    make_pki(&pki);
+    let (broker, ws) = broker_with_wss(&setup, &pki);
+    let sub = Subscriber::connect(broker.port, "+/+/events/#");
+    let url = format!("wss://127.0.0.1:{ws}/mqtt");
+    let ca = format!("ca_file = \"{}/ca.pem\"", pki.display());
+    setup.write_config(&format!(
+        "{}{}{}",
+        sink("v5", &url, &format!("{ca}\ntopic = \"v5/{{device_id}}/events/{{type}}\"\nclient_id = \"ws-v5\"")),
+        sink(
+            "v311",
+            &url,
+            &format!("{ca}\nprotocol = \"3.1.1\"\ntopic = \"v311/{{device_id}}/events/{{type}}\"\nclient_id = \"ws-v311\"\nstatus_topic = \"v311/status\"")
+        ),
+        sink("untrusted", &url, "client_id = \"ws-untrusted\"\nstatus_topic = \"untrusted/status\""),
+    ));
+    let _daemon = setup.start();
+    let n = scaled(200);
+    emit_pipelined(&setup.socket(), 0, n, "sensor.reading", 16);
+    wait_until(
+        Duration::from_secs(60),
+        "every event over both versions",
+        || sub.event_count() >= 2 * n,
+    );
+    let device = setup.status()["device"]["id"].as_str().unwrap().to_string();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let verify = |headers: &[(String, String)], body: &[u8]| {
+        edgehook::sinks::signing::verify(
+            edgehook::sinks::signing::Scheme::Standard,
+            SECRET,
+            headers,
+            body,
+            now,
+            Duration::from_secs(300),
+        )
+    };
+    for m in sub.events() {
+        if m.topic.starts_with("v5/") {
+            verify(&m.user_properties, &m.payload).expect("a v5 message verifies");
+        } else {
+            let (headers, body) = unwrap_3_1_1(&m);
+            verify(&headers, body.as_bytes()).expect("a 3.1.1 message verifies");
+        }
+        assert!(
+            m.topic
+                .ends_with(&format!("{device}/events/sensor.reading"))
+        );
+    }
+    for name in ["v5", "v311"] {
+        wait_until(Duration::from_secs(10), "nothing pending", || {
+            setup.sink_status(name)["delivered"] == n as u64
+        });
+    }
+    // Without the test CA the broker's certificate is refused, over WebSockets as over TCP.
+    wait_until(Duration::from_secs(20), "the refusal", || {
+        setup.sink_status("untrusted")["last_error"].is_string()
+    });
+    let s = setup.sink_status("untrusted");
+    assert_eq!(s["pending"], n as u64, "{s}");
+    let error = s["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("WebSocket") || error.contains("TLS"),
+        "{error}"
+    );
+    let log = broker.log();
+    for (client, p) in [("ws-v5", "(p5,"), ("ws-v311", "(p2,")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!(" as {client} ")) && l.contains(p)),
+            "{client} {p}: {log}"
+        );
+    }
+}

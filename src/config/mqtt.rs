@@ -16,8 +16,10 @@ pub struct MqttSpec {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// `mqtts://`.
+    /// `mqtts://` or `wss://`.
     pub tls: bool,
+    /// `wss://`: the URL MQTT goes to over WebSockets.
+    pub websocket: Option<String>,
     /// Topic template.
     pub topic: String,
     /// 1 or 2.
@@ -54,7 +56,9 @@ pub(super) fn check_mqtt(
     uri: Option<&http::Uri>,
     metadata: &BTreeMap<String, String>,
 ) -> MqttSpec {
-    let tls = uri.map(super::sink::scheme_of).as_deref() == Some("mqtts");
+    let scheme = uri.map(super::sink::scheme_of);
+    let websocket = (scheme.as_deref() == Some("wss")).then(|| websocket_url(uri));
+    let tls = scheme.as_deref() == Some("mqtts") || websocket.is_some();
     // An IPv6 literal is bracketed in the URL only: connecting takes the bare address.
     let host = uri
         .and_then(http::Uri::host)
@@ -124,8 +128,13 @@ pub(super) fn check_mqtt(
         host,
         port: uri
             .and_then(http::Uri::port_u16)
-            .unwrap_or(if tls { 8883 } else { 1883 }),
+            .unwrap_or(match (&websocket, tls) {
+                (Some(_), _) => 443,
+                (None, true) => 8883,
+                (None, false) => 1883,
+            }),
         tls,
+        websocket,
         topic: template(&s.topic, "edgehook/{device_id}/events/{type}", c),
         qos,
         username: s.username.as_ref().map(|u| u.get_ref().clone()),
@@ -138,6 +147,18 @@ pub(super) fn check_mqtt(
         status_topic: template(&s.status_topic, "edgehook/{device_id}/status", c),
         protocol,
     }
+}
+
+/// The URL of a `wss://` sink as the WebSocket request takes it: scheme in lower case, the
+/// port written out (443 by default), the path (`/` by default).
+fn websocket_url(uri: Option<&http::Uri>) -> String {
+    let Some(u) = uri else {
+        return String::new();
+    };
+    let host = u.host().unwrap_or("");
+    let port = u.port_u16().unwrap_or(443);
+    let path = u.path_and_query().map_or("/", |p| p.as_str());
+    format!("wss://{host}:{port}{path}")
 }
 
 /// Warns about a password sent over plain `mqtt://` to a broker that is not loopback: the

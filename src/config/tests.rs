@@ -698,3 +698,24 @@ fn protocol_is_5_by_default_or_3_1_1_and_nothing_else() {
     let p = problems(&SINK.replace("[sink.signing]", "protocol = \"5\"\n[sink.signing]"));
     assert!(p[0].contains("protocol"), "{p:?}");
 }
+
+#[test]
+fn a_wss_url_is_an_mqtt_sink_over_websockets_and_tls_on_port_443_by_default() {
+    let c = parse(&mqtt_sink("WSS://broker.example/mqtt", "")).unwrap();
+    let SinkKind::Mqtt(m) = &c.sink("m").unwrap().kind else {
+        panic!("wss:// is an MQTT sink");
+    };
+    assert!(m.tls);
+    assert_eq!(m.port, 443);
+    assert_eq!(
+        m.websocket.as_deref(),
+        Some("wss://broker.example:443/mqtt")
+    );
+    let c = parse(&mqtt_sink("wss://broker.example:8443", "")).unwrap();
+    let SinkKind::Mqtt(m) = &c.sink("m").unwrap().kind else {
+        panic!("wss:// is an MQTT sink");
+    };
+    assert_eq!(m.websocket.as_deref(), Some("wss://broker.example:8443/"));
+    let c = parse(&mqtt_sink("mqtts://broker.example", "")).unwrap();
+    assert!(matches!(&c.sink("m").unwrap().kind, SinkKind::Mqtt(m) if m.websocket.is_none()));
+}

@@ -168,6 +168,8 @@ pub fn describe_v5(e: rumqttc::v5::ConnectionError) -> String {
         C::Tls(e) => format!("TLS failed: {e}"),
         C::Io(e) => format!("connection failed: {e}"),
         C::NotConnAck(p) => format!("the broker answered the connection with {p:?}, not CONNACK"),
+        C::Websocket(e) => format!("WebSocket failed: {e}"),
+        C::ResponseValidation(e) => format!("WebSocket failed: {e}"),
         other => other.to_string(),
     }
 }
@@ -187,6 +189,8 @@ pub fn describe_v311(e: rumqttc::ConnectionError) -> String {
         C::Tls(e) => format!("TLS failed: {e}"),
         C::Io(e) => format!("connection failed: {e}"),
         C::NotConnAck(p) => format!("the broker answered the connection with {p:?}, not CONNACK"),
+        C::Websocket(e) => format!("WebSocket failed: {e}"),
+        C::ResponseValidation(e) => format!("WebSocket failed: {e}"),
         other => other.to_string(),
     }
 }

@@ -74,15 +74,17 @@ impl Link {
     /// `Connected`, `RetainRefused` or `Lost`. `window` bounds the publishes in flight.
     pub fn open(sink: &MqttSink, client_id: &str, will: LastWill, window: u16) -> Link {
         let m = sink.m();
-        // An IPv6 literal is bracketed again for the address rumqttc resolves.
-        let host = if m.host.contains(':') {
-            format!("[{}]", m.host)
-        } else {
-            m.host.clone()
+        // Over WebSockets rumqttc takes the whole URL as the host; an IPv6 literal is
+        // bracketed again for the address rumqttc resolves.
+        let host = match &m.websocket {
+            Some(url) => url.clone(),
+            None if m.host.contains(':') => format!("[{}]", m.host),
+            None => m.host.clone(),
         };
-        let transport = match &sink.tls {
-            Some(config) => Transport::Tls(TlsConfiguration::Rustls(config.clone())),
-            None => Transport::Tcp,
+        let transport = match (&sink.tls, &m.websocket) {
+            (Some(config), Some(_)) => Transport::Wss(TlsConfiguration::Rustls(config.clone())),
+            (Some(config), None) => Transport::Tls(TlsConfiguration::Rustls(config.clone())),
+            (None, _) => Transport::Tcp,
         };
         let keep_alive = m.keep_alive.max(Duration::from_secs(5));
         let timeout = whole_secs(sink.spec.timeout);
