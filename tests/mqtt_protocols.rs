@@ -114,6 +114,15 @@ fn a_3_1_1_sink_s_events_arrive_signed_in_their_payload_across_a_broker_restart(
     wait_until(Duration::from_secs(10), "nothing pending", || {
         setup.sink_status("old")["pending"] == 0
     });
+    // `edgehook test` publishes the same way, and says where the headers went.
+    let out = run(&setup.config, &["test", "old"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("Headers sent (in the MQTT 3.1.1 payload):"),
+        "{text}"
+    );
+    assert!(text.contains("✓ delivered"), "{text}");
 }
 
 #[test]
