@@ -111,7 +111,7 @@ fn sinks_added_updated_and_removed_while_2000_events_flow_take_effect_at_once_an
     let reloads = daemon.log().matches("Reloaded").count();
     refused_with_78(
         &sink_cmd(&setup, &["add", "bad", "--url", "ftp://nowhere"]),
-        "sink `bad`: the url must be http(s)://host/… or mqtt(s)://host:port",
+        "sink `bad`: the url must be http(s)://host/…, mqtt(s)://host:port or wss://host/path",
     );
     refused_with_78(
         &sink_cmd(&setup, &["add", "main", "--url", &first.url()]),

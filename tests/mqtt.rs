@@ -87,46 +87,6 @@ fn ten_thousand_events_arrive_in_order_each_verified() {
     );
 }
 
-/// Each thread of process `pid` (under an emulator, the emulator's, whose threads carry the
-/// daemon's names) with its scheduling policy: `/proc/PID/task/*/stat`, field 41 (0 the
-/// default, 3 `SCHED_BATCH`).
-fn thread_policies(pid: i32) -> Vec<(String, u32)> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
-            continue; // a thread that ended meanwhile
-        };
-        let (name, fields) = common::memory::stat_fields(&stat);
-        threads.push((name.to_string(), fields[41 - 3].parse().unwrap()));
-    }
-    threads
-}
-
-#[test]
-fn the_sink_s_thread_is_batch_work_and_the_outbox_s_is_not() {
-    if !mosquitto_available() {
-        return;
-    }
-    let setup = Setup::new("");
-    let (_broker, sub, daemon) = daemon_with_broker(&setup, "edgehook/#");
-    let id = emit_one(&setup.socket(), "sensor.reading", serde_json::json!(1));
-    wait_until(Duration::from_secs(30), "the message", || {
-        sub.events().iter().any(|m| m.event_id() == id)
-    });
-    let threads = thread_policies(daemon.pid());
-    let policy = |name: &str| {
-        threads
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| *p)
-            .unwrap_or_else(|| panic!("no thread {name} in {threads:?}"))
-    };
-    // Woken by the broker's acknowledgements, the sink does not take the CPU from a broker on
-    // the same device; the outbox, which answers producers, keeps the default class.
-    assert_eq!(policy("mqtt:broker"), 3, "SCHED_BATCH: {threads:?}");
-    assert_eq!(policy("outbox"), 0, "{threads:?}");
-}
-
 #[test]
 fn the_broker_restarted_three_times_mid_stream_loses_nothing_acknowledged() {
     if !mosquitto_available() {

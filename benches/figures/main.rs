@@ -415,7 +415,7 @@ fn figures(scale: &Scale, only: &Only, work: &std::path::Path) -> Vec<Figure> {
                     ),
                     anchor,
                 )),
-                target: Target::RatioAtLeast(1.0),
+                target: Target::RatioAtLeast(0.5),
             },
         );
     }

@@ -108,26 +108,26 @@ pub(super) fn run(config_path: &Path, a: Args) -> Result<Code, Failure> {
             serde_json::to_string(&report).expect("a report serialises")
         );
     } else {
-        print_report(&report, matches!(spec.kind, SinkKind::Mqtt(_)));
+        let headers = match &spec.kind {
+            SinkKind::Mqtt(m) if m.protocol == crate::config::Protocol::V311 => {
+                "Headers sent (in the MQTT 3.1.1 payload):"
+            }
+            SinkKind::Mqtt(_) => "User properties sent:",
+            SinkKind::Http { .. } => "Headers sent:",
+        };
+        print_report(&report, matches!(spec.kind, SinkKind::Mqtt(_)), headers);
     }
     Ok(if ok { Code::Ok } else { Code::CheckFailed })
 }
 
-fn print_report(r: &Report<'_>, mqtt: bool) {
+fn print_report(r: &Report<'_>, mqtt: bool, headers: &str) {
     outln!(
         "Sent webhook-test {} to sink {} ({})",
         r.event_id,
         r.sink,
         r.url
     );
-    outln!(
-        "{}",
-        if mqtt {
-            "User properties sent:"
-        } else {
-            "Headers sent:"
-        }
-    );
+    outln!("{headers}");
     for (k, v) in &r.headers {
         outln!("  {k}: {v}");
     }

@@ -281,6 +281,7 @@ pub(super) struct SinkFile {
     pub client_id: Option<Spanned<String>>,
     pub keep_alive: Option<Spanned<Span>>,
     pub status_topic: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
     // Names and metadata.
     pub description: Option<Spanned<String>>,
     pub metadata: Option<Spanned<BTreeMap<String, String>>>,

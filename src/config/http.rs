@@ -20,6 +20,7 @@ pub(super) fn check_http(c: &mut Checker<'_>, s: &SinkFile, name: &str) -> SinkK
             ("client_id", span(&s.client_id)),
             ("keep_alive", span(&s.keep_alive)),
             ("status_topic", span(&s.status_topic)),
+            ("protocol", span(&s.protocol)),
         ],
         "MQTT sinks",
     );

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use exposed::{DAEMON_GROUP, dropin_holds_secret, sensitive_header};
 pub use file::{Durability, LogLevel, WhenFull};
-pub use mqtt::{MqttSpec, check_template, fill};
+pub use mqtt::{MqttSpec, Protocol, check_template, fill};
 pub use signing::SecretSource;
 pub use sink::{SinkKind, SinkSpec, display_url, is_loopback_url, url_holds_secret, valid_name};
 

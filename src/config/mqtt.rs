@@ -16,8 +16,10 @@ pub struct MqttSpec {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// `mqtts://`.
+    /// `mqtts://` or `wss://`.
     pub tls: bool,
+    /// `wss://`: the URL MQTT goes to over WebSockets.
+    pub websocket: Option<String>,
     /// Topic template.
     pub topic: String,
     /// 1 or 2.
@@ -32,6 +34,18 @@ pub struct MqttSpec {
     pub keep_alive: Duration,
     /// Presence topic template.
     pub status_topic: String,
+    /// The MQTT version spoken.
+    pub protocol: Protocol,
+}
+
+/// The MQTT version a sink speaks (`protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 5: the signature headers go as user properties.
+    V5,
+    /// MQTT 3.1.1: no properties, so each payload is a JSON object carrying the headers and
+    /// the body (SPEC §15).
+    V311,
 }
 
 /// The MQTT settings of sink `name`; its templates may use its `metadata`.
@@ -42,7 +56,9 @@ pub(super) fn check_mqtt(
     uri: Option<&http::Uri>,
     metadata: &BTreeMap<String, String>,
 ) -> MqttSpec {
-    let tls = uri.map(super::sink::scheme_of).as_deref() == Some("mqtts");
+    let scheme = uri.map(super::sink::scheme_of);
+    let websocket = (scheme.as_deref() == Some("wss")).then(|| websocket_url(uri));
+    let tls = scheme.as_deref() == Some("mqtts") || websocket.is_some();
     // An IPv6 literal is bracketed in the URL only: connecting takes the bare address.
     let host = uri
         .and_then(http::Uri::host)
@@ -86,6 +102,17 @@ pub(super) fn check_mqtt(
     if password.is_some() && !tls {
         warn_plain_password(c, name, &host);
     }
+    let protocol = match s.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        None | Some((_, "5")) => Protocol::V5,
+        Some((_, "3.1.1")) => Protocol::V311,
+        Some((p, other)) => {
+            c.at(
+                p,
+                format!("sink `{name}`: `protocol` is \"5\" or \"3.1.1\", not {other:?}"),
+            );
+            Protocol::V5
+        }
+    };
     let template = |t: &Option<Spanned<String>>, default: &str, c: &mut Checker<'_>| {
         let text = t
             .as_ref()
@@ -101,8 +128,13 @@ pub(super) fn check_mqtt(
         host,
         port: uri
             .and_then(http::Uri::port_u16)
-            .unwrap_or(if tls { 8883 } else { 1883 }),
+            .unwrap_or(match (&websocket, tls) {
+                (Some(_), _) => 443,
+                (None, true) => 8883,
+                (None, false) => 1883,
+            }),
         tls,
+        websocket,
         topic: template(&s.topic, "edgehook/{device_id}/events/{type}", c),
         qos,
         username: s.username.as_ref().map(|u| u.get_ref().clone()),
@@ -113,7 +145,20 @@ pub(super) fn check_mqtt(
             .as_ref()
             .map_or(Duration::from_secs(30), |k| k.get_ref().0),
         status_topic: template(&s.status_topic, "edgehook/{device_id}/status", c),
+        protocol,
     }
+}
+
+/// The URL of a `wss://` sink as the WebSocket request takes it: scheme in lower case, the
+/// port written out (443 by default), the path (`/` by default).
+fn websocket_url(uri: Option<&http::Uri>) -> String {
+    let Some(u) = uri else {
+        return String::new();
+    };
+    let host = u.host().unwrap_or("");
+    let port = u.port_u16().unwrap_or(443);
+    let path = u.path_and_query().map_or("/", |p| p.as_str());
+    format!("wss://{host}:{port}{path}")
 }
 
 /// Warns about a password sent over plain `mqtt://` to a broker that is not loopback: the

@@ -198,11 +198,13 @@ pub(super) fn check_sink(c: &mut Checker<'_>, s: &SinkFile) -> Option<SinkSpec> 
         .as_ref()
         .and_then(|u| u.host())
         .is_some_and(|h| !h.is_empty());
-    let is_mqtt = matches!(scheme, "mqtt" | "mqtts");
-    if !matches!(scheme, "http" | "https" | "mqtt" | "mqtts") || !has_host {
+    let is_mqtt = matches!(scheme, "mqtt" | "mqtts" | "wss");
+    if !matches!(scheme, "http" | "https" | "mqtt" | "mqtts" | "wss") || !has_host {
         c.at(
             &s.url,
-            format!("sink `{name}`: the url must be http(s)://host/… or mqtt(s)://host:port"),
+            format!(
+                "sink `{name}`: the url must be http(s)://host/…, mqtt(s)://host:port or wss://host/path"
+            ),
         );
     }
     let (events, exclude) = check_events(c, s, &name);

@@ -680,3 +680,47 @@ fn a_password_over_plain_mqtt_to_a_broker_not_on_loopback_is_warned_about() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn protocol_is_5_by_default_or_3_1_1_and_nothing_else() {
+    let protocol = |extra: &str| match &parse(&mqtt_sink("mqtt://b:1883", extra))
+        .unwrap()
+        .sink("m")
+        .unwrap()
+        .kind
+    {
+        SinkKind::Mqtt(m) => m.protocol,
+        SinkKind::Http { .. } => panic!("an MQTT sink"),
+    };
+    assert_eq!(protocol(""), crate::config::Protocol::V5);
+    assert_eq!(protocol("protocol = \"5\""), crate::config::Protocol::V5);
+    assert_eq!(
+        protocol("protocol = \"3.1.1\""),
+        crate::config::Protocol::V311
+    );
+    let p = problems(&mqtt_sink("mqtt://b:1883", "protocol = \"3\""));
+    assert!(p[0].contains("`protocol` is \"5\" or \"3.1.1\""), "{p:?}");
+    let p = problems(&SINK.replace("[sink.signing]", "protocol = \"5\"\n[sink.signing]"));
+    assert!(p[0].contains("protocol"), "{p:?}");
+}
+
+#[test]
+fn a_wss_url_is_an_mqtt_sink_over_websockets_and_tls_on_port_443_by_default() {
+    let c = parse(&mqtt_sink("WSS://broker.example/mqtt", "")).unwrap();
+    let SinkKind::Mqtt(m) = &c.sink("m").unwrap().kind else {
+        panic!("wss:// is an MQTT sink");
+    };
+    assert!(m.tls);
+    assert_eq!(m.port, 443);
+    assert_eq!(
+        m.websocket.as_deref(),
+        Some("wss://broker.example:443/mqtt")
+    );
+    let c = parse(&mqtt_sink("wss://broker.example:8443", "")).unwrap();
+    let SinkKind::Mqtt(m) = &c.sink("m").unwrap().kind else {
+        panic!("wss:// is an MQTT sink");
+    };
+    assert_eq!(m.websocket.as_deref(), Some("wss://broker.example:8443/"));
+    let c = parse(&mqtt_sink("mqtts://broker.example", "")).unwrap();
+    assert!(matches!(&c.sink("m").unwrap().kind, SinkKind::Mqtt(m) if m.websocket.is_none()));
+}

@@ -8,7 +8,6 @@ pub mod backoff;
 pub mod format;
 pub mod http;
 pub mod mqtt;
-pub mod mqtt_wire;
 pub mod signing;
 pub mod tls;
 
@@ -295,7 +294,7 @@ impl ReadAhead {
 
 /// Whether a sink holding `queued` deliveries of `bytes` bytes of bodies should read its queue
 /// again (`READ_AHEAD_LOW`, `READ_AHEAD_LOW_BYTES`).
-fn runs_low(queued: usize, bytes: usize) -> bool {
+pub(crate) fn runs_low(queued: usize, bytes: usize) -> bool {
     queued <= READ_AHEAD_LOW && bytes <= READ_AHEAD_LOW_BYTES
 }
 

@@ -40,7 +40,7 @@ pub fn mosquitto_available() -> bool {
     ok
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     free_port_on("127.0.0.1")
 }
 
