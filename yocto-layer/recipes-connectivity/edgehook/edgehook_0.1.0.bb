@@ -8,7 +8,7 @@ SECTION = "net"
 # edgehook's own licence and those of every crate compiled into the binary (`scripts/licenses
 # yocto`; scripts/check-yocto checks it matches the tree). A term in parentheses is a crate
 # licensed under a choice of those licences.
-LICENSE = "Apache-2.0 & BSD-3-Clause & ISC & MIT & Zlib & (Apache-2.0 | Apache-2.0-with-LLVM-exception | MIT) & (Apache-2.0 | BSD-2-Clause | MIT) & (Apache-2.0 | ISC | MIT) & (Apache-2.0 | MIT) & (MIT | Unlicense)"
+LICENSE = "Apache-2.0 & BSD-3-Clause & ISC & MIT & Unlicense & Zlib & (Apache-2.0 | Apache-2.0-with-LLVM-exception | MIT) & (Apache-2.0 | BSD-2-Clause | MIT) & (Apache-2.0 | ISC | MIT) & (Apache-2.0 | MIT) & (MIT | Unlicense)"
 LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 
 # The layer sits at the top of the edgehook source tree (yocto-layer/), and the recipe builds
