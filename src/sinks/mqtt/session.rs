@@ -124,6 +124,9 @@ impl<'a> Session<'a> {
                 .in_flight
                 .front()
                 .map(|f| crate::config::units::later(f.sent, self.timeout()));
+            // Read after filling the window, which may have just held the queue (a delivery
+            // refused before it was sent): its hold is then waited for too.
+            let hold = self.hold_until;
             tokio::select! {
                 event = link.next() => {
                     let mut handled = self.handle(event).await;
@@ -156,7 +159,7 @@ impl<'a> Session<'a> {
                     exhausted = false;
                 }
                 _ = s.control.changed(control_seen) => {}
-                _ = tokio::time::sleep_until(self.hold_until.unwrap_or_else(tokio::time::Instant::now)), if held => {
+                _ = tokio::time::sleep_until(hold.unwrap_or_else(tokio::time::Instant::now)), if hold.is_some() => {
                     self.hold_until = None;
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(overdue.unwrap_or_else(Instant::now))), if overdue.is_some() => {
